@@ -1,0 +1,323 @@
+//! Configuration: the TOML file an operator writes, parsed strictly and validated.
+//!
+//! Two stages, as in ripgrep's `lowargs` → `hiargs`: serde types close to the syntax
+//! (`deny_unknown_fields`, so a typo is an error instead of a silently ignored setting), then
+//! [`Config`], where relative paths are resolved against the config file's directory and
+//! cross-field rules are checked. Every error names file, line and field ([`ConfigError`]).
+//!
+//! The file at the repository root, `geosteer.toml`, is compiled into the binary and used when
+//! no `--config` is given, so a fresh clone runs with `cargo run --release -- serve`.
+
+mod error;
+
+pub use error::{ConfigError, ConfigErrors, line_of_offset};
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The embedded default configuration (the repository's `geosteer.toml`).
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../geosteer.toml");
+
+/// Name shown in messages for the embedded default.
+pub const EMBEDDED_NAME: &str = "<embedded geosteer.toml>";
+
+/// Largest EDNS UDP payload we accept as a setting. 1232 is the DNS Flag Day 2020 value that
+/// avoids IP fragmentation on practically every path; larger values invite fragmentation
+/// attacks and lost answers, so the ceiling is the classic 4096.
+const MAX_EDNS_PAYLOAD: u16 = 4096;
+
+/// The whole file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    zones: RawZones,
+    #[serde(default)]
+    log: RawLog,
+}
+
+/// `[server]`: sockets and transport limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    udp: Vec<SocketAddr>,
+    tcp: Vec<SocketAddr>,
+    workers: usize,
+    edns_udp_payload: u16,
+    #[serde(with = "humantime_serde")]
+    tcp_idle_timeout: Duration,
+    tcp_max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    shutdown_grace: Duration,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        let local: Vec<SocketAddr> = vec![
+            SocketAddr::from(([127, 0, 0, 1], 5353)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5353)),
+        ];
+        Self {
+            udp: local.clone(),
+            tcp: local,
+            workers: 0,
+            edns_udp_payload: 1232,
+            tcp_idle_timeout: Duration::from_secs(10),
+            tcp_max_connections: 1024,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[zones]`: where the RFC 1035 master files live.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawZones {
+    directory: PathBuf,
+}
+
+impl Default for RawZones {
+    fn default() -> Self {
+        Self {
+            directory: PathBuf::from("zones"),
+        }
+    }
+}
+
+/// `[log]`: tracing output.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    level: String,
+    format: LogFormat,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: "info".to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Validated configuration, paths resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where this configuration came from (file path or [`EMBEDDED_NAME`]).
+    pub source: PathBuf,
+    /// UDP listen addresses.
+    pub udp: Vec<SocketAddr>,
+    /// TCP listen addresses.
+    pub tcp: Vec<SocketAddr>,
+    /// Worker threads, and UDP sockets per UDP address (SO_REUSEPORT). Never 0 here.
+    pub workers: usize,
+    /// Largest UDP answer we send and the payload size we advertise in OPT.
+    pub edns_udp_payload: u16,
+    /// A TCP connection with no complete query for this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Concurrent TCP connections across all listeners; more are closed at accept.
+    pub tcp_max_connections: usize,
+    /// On SIGINT/SIGTERM, how long in-flight TCP connections get to finish.
+    pub shutdown_grace: Duration,
+    /// Directory holding `*.zone` files, resolved against the config file's directory.
+    pub zones_dir: PathBuf,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
+    pub log_level: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Loads a config file, or the embedded default when `path` is `None`.
+    ///
+    /// Relative paths inside a file resolve against that file's directory; inside the embedded
+    /// default they resolve against the current directory (the repository root for
+    /// `cargo run`).
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigErrors> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError::file(p, format!("cannot read configuration: {e}")))?;
+                let base = p.parent().map(Path::to_path_buf).unwrap_or_default();
+                Self::parse(p, &text, &base)
+            }
+            None => Self::parse(Path::new(EMBEDDED_NAME), EMBEDDED_DEFAULT, Path::new("")),
+        }
+    }
+
+    /// Parses and validates configuration text. `file` is only used in messages.
+    pub fn parse(file: &Path, text: &str, base: &Path) -> Result<Self, ConfigErrors> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
+        let mut errors = Vec::new();
+        let at = |key: &str| find_key_line(text, key);
+        let s = raw.server;
+        if s.udp.is_empty() && s.tcp.is_empty() {
+            errors.push(ConfigError::new(
+                file,
+                at("udp"),
+                "server.udp",
+                "no listen address: give at least one UDP or TCP address",
+            ));
+        }
+        for (field, addrs) in [("udp", &s.udp), ("tcp", &s.tcp)] {
+            let mut seen = std::collections::HashSet::new();
+            for a in addrs.iter() {
+                if !seen.insert(a) {
+                    errors.push(ConfigError::new(
+                        file,
+                        at(field),
+                        format!("server.{field}"),
+                        format!("address {a} is listed twice"),
+                    ));
+                }
+            }
+        }
+        if !(512..=MAX_EDNS_PAYLOAD).contains(&s.edns_udp_payload) {
+            errors.push(ConfigError::new(
+                file,
+                at("edns_udp_payload"),
+                "server.edns_udp_payload",
+                format!(
+                    "{} is outside 512..={MAX_EDNS_PAYLOAD} (1232 avoids fragmentation)",
+                    s.edns_udp_payload
+                ),
+            ));
+        }
+        if s.tcp_max_connections == 0 {
+            errors.push(ConfigError::new(
+                file,
+                at("tcp_max_connections"),
+                "server.tcp_max_connections",
+                "must be at least 1",
+            ));
+        }
+        if s.tcp_idle_timeout.is_zero() {
+            errors.push(ConfigError::new(
+                file,
+                at("tcp_idle_timeout"),
+                "server.tcp_idle_timeout",
+                "must be longer than 0s",
+            ));
+        }
+        if s.workers > 1024 {
+            errors.push(ConfigError::new(
+                file,
+                at("workers"),
+                "server.workers",
+                format!("{} workers is more than 1024", s.workers),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+            errors.push(ConfigError::new(
+                file,
+                at("level"),
+                "log.level",
+                format!("invalid log filter {:?}: {e}", raw.log.level),
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let workers = if s.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            s.workers
+        };
+        Ok(Self {
+            source: file.to_path_buf(),
+            udp: s.udp,
+            tcp: s.tcp,
+            workers,
+            edns_udp_payload: s.edns_udp_payload,
+            tcp_idle_timeout: s.tcp_idle_timeout,
+            tcp_max_connections: s.tcp_max_connections,
+            shutdown_grace: s.shutdown_grace,
+            zones_dir: base.join(raw.zones.directory),
+            log_level: raw.log.level,
+            log_format: raw.log.format,
+        })
+    }
+}
+
+/// Line of the first `key =` assignment, for errors found after deserialisation.
+fn find_key_line(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or(0, |i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(Path::new("t.toml"), text, Path::new("/etc/geosteer"))
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::load(None).expect("embedded default parses");
+        assert!(!c.udp.is_empty());
+        assert!(c.workers >= 1);
+    }
+
+    #[test]
+    fn relative_zone_dir_resolves_against_config_dir() {
+        let c = parse("[zones]\ndirectory = \"z\"\n").unwrap();
+        assert_eq!(c.zones_dir, Path::new("/etc/geosteer/z"));
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_field() {
+        let e = parse("[server]\nworkers = 1\nudpp = []\n").unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.starts_with("t.toml:3: server.udpp: unknown field `udpp`"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn bad_address_names_field() {
+        let e = parse("[server]\nudp = [\"127.0.0.1\"]\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("t.toml:2: server.udp:"), "{s}");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported() {
+        let e = parse("[server]\nedns_udp_payload = 100\ntcp_max_connections = 0\n").unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert!(
+            e.0[0]
+                .to_string()
+                .contains("t.toml:2: server.edns_udp_payload")
+        );
+        assert!(
+            e.0[1]
+                .to_string()
+                .contains("t.toml:3: server.tcp_max_connections")
+        );
+    }
+}

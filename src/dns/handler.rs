@@ -1,0 +1,211 @@
+//! The request handler: bytes in, bytes out. Decode → decide → encode.
+//!
+//! It is synchronous on purpose: nothing on the answer path awaits anything (no probe, no
+//! file, no lock). Routing state and zones are read from an `ArcSwap` snapshot with one load
+//! per query, so reloads never block or tear a query.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hickory_server::proto::rr::rdata::HINFO;
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+
+use super::wire::{self, OptOut, ParseError, Query, ResponseHeader, Rr, Sections, opcode, rcode};
+use crate::zone::{Lookup, ZoneSet};
+
+/// Transport a query arrived on; decides the size limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP: answers limited to 512 bytes, or min(client's EDNS size, our size).
+    Udp,
+    /// TCP: answers up to 65535 bytes.
+    Tcp,
+}
+
+/// RFC 8482 §4.2: the synthesized HINFO's TTL. A day would be allowed; an hour keeps a
+/// changed zone from being masked for long.
+const ANY_HINFO_TTL: u32 = 3600;
+
+/// The DNS request handler shared by all transports.
+pub struct Handler {
+    zones: Arc<ArcSwap<ZoneSet>>,
+    edns_payload: u16,
+    any_hinfo: Record,
+}
+
+impl Handler {
+    /// A handler answering from `zones`, advertising and capping UDP answers at `edns_payload`.
+    pub fn new(zones: Arc<ArcSwap<ZoneSet>>, edns_payload: u16) -> Self {
+        let any_hinfo = Record::from_rdata(
+            Name::root(),
+            ANY_HINFO_TTL,
+            RData::HINFO(HINFO::new("RFC8482".to_string(), String::new())),
+        );
+        Self {
+            zones,
+            edns_payload,
+            any_hinfo,
+        }
+    }
+
+    /// Answers one message. Returns `false` when nothing must be sent (the packet is dropped).
+    ///
+    /// `out` is the caller's reusable buffer; on `true` it holds the complete response.
+    pub fn handle(
+        &self,
+        packet: &[u8],
+        _src: SocketAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let q = match wire::parse(packet) {
+            Ok(q) => q,
+            Err(ParseError::Drop) => return false,
+            Err(ParseError::FormErr {
+                id,
+                opcode,
+                rd,
+                edns,
+            }) => {
+                let h = ResponseHeader {
+                    id,
+                    opcode,
+                    rd,
+                    rcode: rcode::FORMERR,
+                    ..Default::default()
+                };
+                let opt = edns.then(|| self.opt(None));
+                return wire::encode(out, &h, None, &Sections::default(), opt.as_ref(), 512)
+                    .is_ok();
+            }
+        };
+        let zones = self.zones.load();
+        self.respond(&q, &zones, transport, out)
+    }
+
+    fn opt(&self, ecs: Option<(wire::ClientSubnet, u8)>) -> OptOut {
+        OptOut {
+            payload: self.edns_payload,
+            ecs,
+        }
+    }
+
+    fn respond(
+        &self,
+        q: &Query<'_>,
+        zones: &ZoneSet,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let mut h = ResponseHeader {
+            id: q.id,
+            opcode: q.opcode,
+            rd: q.rd,
+            cd: q.cd,
+            ..Default::default()
+        };
+        let limit = match (transport, &q.edns) {
+            (Transport::Tcp, _) => u16::MAX,
+            (Transport::Udp, None) => 512,
+            (Transport::Udp, Some(e)) => e.payload.min(self.edns_payload),
+        };
+        let question = q.question.as_ref();
+        let qraw = question.map(|qq| qq.raw);
+        let empty = Sections::default();
+        let reply_error =
+            |h: &mut ResponseHeader, code: u16, opt: Option<OptOut>, out: &mut Vec<u8>| {
+                h.rcode = code;
+                wire::encode(out, h, qraw, &empty, opt.as_ref(), limit).is_ok()
+            };
+
+        // RFC 6891 §6.1.3: a version we do not implement gets BADVERS and our version (0).
+        if q.edns.is_some_and(|e| e.version > 0) {
+            return reply_error(&mut h, rcode::BADVERS, Some(self.opt(None)), out);
+        }
+        // Static answers do not depend on the client: echo ECS with scope 0 (RFC 7871 §7.2.1).
+        let opt = q.edns.map(|e| self.opt(e.ecs.map(|ecs| (ecs, 0))));
+        match q.opcode {
+            opcode::QUERY => {}
+            opcode::NOTIFY | opcode::UPDATE => {
+                return reply_error(&mut h, rcode::REFUSED, opt, out);
+            }
+            _ => return reply_error(&mut h, rcode::NOTIMP, opt, out),
+        }
+        let Some(question) = question else {
+            return reply_error(&mut h, rcode::FORMERR, opt, out);
+        };
+        let qtype = RecordType::from(question.qtype);
+        if question.qclass != u16::from(hickory_server::proto::rr::DNSClass::IN) {
+            return reply_error(&mut h, rcode::REFUSED, opt, out);
+        }
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            return reply_error(&mut h, rcode::REFUSED, opt, out);
+        }
+        if qtype == RecordType::OPT {
+            return reply_error(&mut h, rcode::FORMERR, opt, out);
+        }
+        let Some(zone) = zones.find(&question.name) else {
+            return reply_error(&mut h, rcode::REFUSED, opt, out);
+        };
+
+        h.aa = true;
+        let mut s = Sections::default();
+        let mut referral = false;
+        match zone.lookup(&question.name, qtype) {
+            Lookup::Answer(sets) => {
+                for (i, set) in sets.iter().enumerate() {
+                    s.answer.extend(
+                        set.records.iter().map(
+                            |r| {
+                                if i == 0 { Rr::at_qname(r) } else { Rr::own(r) }
+                            },
+                        ),
+                    );
+                    s.additional.extend(set.additional.iter().map(Rr::own));
+                }
+            }
+            Lookup::Partial { chain, nxdomain } => {
+                for (i, set) in chain.iter().enumerate() {
+                    s.answer.extend(
+                        set.records.iter().map(
+                            |r| {
+                                if i == 0 { Rr::at_qname(r) } else { Rr::own(r) }
+                            },
+                        ),
+                    );
+                }
+                if nxdomain {
+                    h.rcode = rcode::NXDOMAIN;
+                }
+                s.authority.push(Rr::own(&zone.negative_soa));
+            }
+            Lookup::Exists => s.answer.push(Rr::at_qname(&self.any_hinfo)),
+            Lookup::NoData => s.authority.push(Rr::own(&zone.negative_soa)),
+            Lookup::NxDomain => {
+                h.rcode = rcode::NXDOMAIN;
+                s.authority.push(Rr::own(&zone.negative_soa));
+            }
+            Lookup::Referral(ns) => {
+                // RFC 1034 §4.3.2: referrals are not authoritative.
+                h.aa = false;
+                referral = true;
+                s.authority.extend(ns.records.iter().map(Rr::own));
+                s.additional.extend(ns.additional.iter().map(Rr::own));
+            }
+        }
+        if wire::encode(out, &h, qraw, &s, opt.as_ref(), limit).is_ok() {
+            return true;
+        }
+        // Too big. Additional data is optional (RFC 2181 §9) unless it is referral glue;
+        // answer and authority are not, so then set TC and let the client retry over TCP.
+        if !referral && !s.additional.is_empty() {
+            s.additional.clear();
+            if wire::encode(out, &h, qraw, &s, opt.as_ref(), limit).is_ok() {
+                return true;
+            }
+        }
+        h.tc = true;
+        wire::encode(out, &h, qraw, &Sections::default(), opt.as_ref(), limit).is_ok()
+    }
+}

@@ -1,0 +1,690 @@
+//! DNS wire format on the hot path: a strict, allocation-free query parser and the response
+//! encoder.
+//!
+//! Why not hickory's `MessageRequest`: it allocates per query (a `Vec` of queries, a boxed copy
+//! of the question, an `Edns` with an options vector) and accepts EDNS Client Subnet options
+//! that RFC 7871 §7.1.1 says must be rejected (non-zero scope, address bits past the prefix,
+//! trailing address bytes). We parse exactly what an authoritative server needs — header, one
+//! question, the OPT record — and keep the question's raw bytes so the name's case is echoed
+//! byte for byte (0x20 encoding). Records are still encoded by hickory (`BinEncoder`, name
+//! compression, every RDATA type).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use hickory_server::proto::rr::Record;
+use hickory_server::proto::serialize::binary::{BinEncodable, BinEncoder};
+
+/// Header length, RFC 1035 §4.1.1.
+pub const HEADER_LEN: usize = 12;
+/// EDNS option code of Client Subnet, RFC 7871 §6.
+pub const OPT_ECS: u16 = 8;
+/// RR type of OPT, RFC 6891.
+const TYPE_OPT: u16 = 41;
+
+/// Opcodes, RFC 1035 §4.1.1, RFC 1996, RFC 2136.
+pub mod opcode {
+    /// Standard query.
+    pub const QUERY: u8 = 0;
+    /// Zone change notification.
+    pub const NOTIFY: u8 = 4;
+    /// Dynamic update.
+    pub const UPDATE: u8 = 5;
+}
+
+/// Response codes (12-bit with EDNS), RFC 1035, RFC 6891.
+pub mod rcode {
+    /// No error.
+    pub const NOERROR: u16 = 0;
+    /// Format error.
+    pub const FORMERR: u16 = 1;
+    /// Server failure.
+    pub const SERVFAIL: u16 = 2;
+    /// Name does not exist.
+    pub const NXDOMAIN: u16 = 3;
+    /// Not implemented.
+    pub const NOTIMP: u16 = 4;
+    /// Refused.
+    pub const REFUSED: u16 = 5;
+    /// Bad EDNS version (extended rcode 16).
+    pub const BADVERS: u16 = 16;
+}
+
+/// A query name: the lower-cased wire form plus label offsets, on the stack.
+///
+/// Every suffix at a label boundary is itself a wire-format name, which is how zones and
+/// their ancestors are found without building new names.
+#[derive(Clone)]
+pub struct QName {
+    buf: [u8; 255],
+    len: u8,
+    offsets: [u8; 128],
+    labels: u8,
+}
+
+impl std::fmt::Debug for QName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QName({})", self.to_dotted())
+    }
+}
+
+impl QName {
+    /// Lower-cased wire bytes (ends with the root label).
+    pub fn lower(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+
+    /// Number of labels, not counting the root.
+    pub fn label_count(&self) -> usize {
+        usize::from(self.labels)
+    }
+
+    /// The name with its first `skip` labels removed (`skip == label_count()` is the root).
+    pub fn suffix(&self, skip: usize) -> &[u8] {
+        let start = if skip >= self.label_count() {
+            usize::from(self.len) - 1
+        } else {
+            usize::from(self.offsets[skip])
+        };
+        &self.buf[start..usize::from(self.len)]
+    }
+
+    /// Presentation form (`www.example.test.`), for logs and explain output.
+    pub fn to_dotted(&self) -> String {
+        let mut s = String::new();
+        let b = self.lower();
+        let mut i = 0;
+        while i < b.len() && b[i] != 0 {
+            let l = usize::from(b[i]);
+            for &c in &b[i + 1..i + 1 + l] {
+                if c.is_ascii_graphic() && c != b'.' && c != b'\\' {
+                    s.push(char::from(c));
+                } else {
+                    s.push_str(&format!("\\{c:03}"));
+                }
+            }
+            s.push('.');
+            i += 1 + l;
+        }
+        if s.is_empty() {
+            s.push('.');
+        }
+        s
+    }
+
+    /// Parses a name from presentation form (for tools and tests, not the hot path).
+    pub fn from_dotted(name: &str) -> Option<Self> {
+        let mut wire = Vec::new();
+        for label in name
+            .trim_end_matches('.')
+            .split('.')
+            .filter(|l| !l.is_empty())
+        {
+            if label.len() > 63 {
+                return None;
+            }
+            wire.push(label.len() as u8);
+            wire.extend_from_slice(label.as_bytes());
+        }
+        wire.push(0);
+        parse_qname(&wire, 0).ok().map(|(q, _)| q)
+    }
+}
+
+/// Why a packet was not parsed into a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not worth an answer: shorter than a header, or a response (QR=1), which must never be
+    /// answered (reflection loops).
+    Drop,
+    /// Malformed: answer FORMERR with this much of the request echoed.
+    FormErr {
+        /// Request header (ID, opcode, RD copied into the reply).
+        id: u16,
+        /// Request opcode.
+        opcode: u8,
+        /// Request RD flag.
+        rd: bool,
+        /// Whether the request carried a well-formed OPT (then the FORMERR carries one too).
+        edns: bool,
+    },
+}
+
+/// The one question of a query.
+#[derive(Debug, Clone)]
+pub struct Question<'a> {
+    /// Name, type and class exactly as received (the name's case preserved).
+    pub raw: &'a [u8],
+    /// Lower-cased name.
+    pub name: QName,
+    /// Query type.
+    pub qtype: u16,
+    /// Query class.
+    pub qclass: u16,
+}
+
+/// EDNS Client Subnet as received and validated (RFC 7871 §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSubnet {
+    /// 1 = IPv4, 2 = IPv6.
+    pub family: u16,
+    /// SOURCE PREFIX-LENGTH.
+    pub source_prefix: u8,
+    /// The address, bits past the prefix zero.
+    pub addr: IpAddr,
+}
+
+impl ClientSubnet {
+    /// Bytes of address carried on the wire for this prefix.
+    fn addr_len(&self) -> usize {
+        usize::from(self.source_prefix).div_ceil(8)
+    }
+}
+
+/// The OPT record of a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edns {
+    /// Requestor's UDP payload size (values below 512 are treated as 512, RFC 6891 §6.2.3).
+    pub payload: u16,
+    /// EDNS version.
+    pub version: u8,
+    /// DO bit (we sign nothing; recorded for logs).
+    pub dnssec_ok: bool,
+    /// Client Subnet option, if present and valid.
+    pub ecs: Option<ClientSubnet>,
+}
+
+/// A parsed query.
+#[derive(Debug, Clone)]
+pub struct Query<'a> {
+    /// Message ID.
+    pub id: u16,
+    /// Opcode.
+    pub opcode: u8,
+    /// Recursion desired (copied to the reply, RFC 1035 §4.1.1).
+    pub rd: bool,
+    /// Checking disabled (copied to the reply, RFC 4035 §3.1.6).
+    pub cd: bool,
+    /// The question; `None` only when QDCOUNT is 0, which is legal for some opcodes.
+    pub question: Option<Question<'a>>,
+    /// The OPT record, if any.
+    pub edns: Option<Edns>,
+}
+
+fn u16_at(b: &[u8], i: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]))
+}
+
+/// Parses a question name at `pos` (no compression: nothing precedes it to point at).
+fn parse_qname(b: &[u8], mut pos: usize) -> Result<(QName, usize), ()> {
+    let mut q = QName {
+        buf: [0; 255],
+        len: 0,
+        offsets: [0; 128],
+        labels: 0,
+    };
+    let mut out = 0usize;
+    loop {
+        let l = usize::from(*b.get(pos).ok_or(())?);
+        if l == 0 {
+            if out >= 255 {
+                return Err(());
+            }
+            q.buf[out] = 0;
+            q.len = (out + 1) as u8;
+            return Ok((q, pos + 1));
+        }
+        if l > 63 || out + 1 + l + 1 > 255 {
+            return Err(()); // compression pointer, extended label, or name longer than 255
+        }
+        let label = b.get(pos + 1..pos + 1 + l).ok_or(())?;
+        q.offsets[usize::from(q.labels)] = out as u8;
+        q.labels += 1;
+        q.buf[out] = l as u8;
+        for (d, s) in q.buf[out + 1..out + 1 + l].iter_mut().zip(label) {
+            *d = s.to_ascii_lowercase();
+        }
+        out += 1 + l;
+        pos += 1 + l;
+    }
+}
+
+/// Skips a possibly compressed name in a record.
+fn skip_name(b: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        let l = *b.get(pos)?;
+        match l & 0xC0 {
+            0x00 if l == 0 => return Some(pos + 1),
+            0x00 => pos += 1 + usize::from(l),
+            0xC0 => {
+                b.get(pos + 1)?;
+                return Some(pos + 2);
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Parses and validates a query. Never panics on any input.
+pub fn parse(b: &[u8]) -> Result<Query<'_>, ParseError> {
+    if b.len() < HEADER_LEN {
+        return Err(ParseError::Drop);
+    }
+    let id = u16::from_be_bytes([b[0], b[1]]);
+    if b[2] & 0x80 != 0 {
+        return Err(ParseError::Drop);
+    }
+    let opcode = (b[2] >> 3) & 0x0F;
+    let rd = b[2] & 0x01 != 0;
+    let cd = b[3] & 0x10 != 0;
+    let qd = u16_at(b, 4).unwrap_or(0);
+    let an = u16_at(b, 6).unwrap_or(0);
+    let ns = u16_at(b, 8).unwrap_or(0);
+    let ar = u16_at(b, 10).unwrap_or(0);
+    let mut formerr = ParseError::FormErr {
+        id,
+        opcode,
+        rd,
+        edns: false,
+    };
+    if qd > 1 {
+        return Err(formerr);
+    }
+    let mut pos = HEADER_LEN;
+    let question = if qd == 1 {
+        let (name, after) = parse_qname(b, pos).map_err(|()| formerr.clone())?;
+        let qtype = u16_at(b, after).ok_or_else(|| formerr.clone())?;
+        let qclass = u16_at(b, after + 2).ok_or_else(|| formerr.clone())?;
+        let raw = &b[pos..after + 4];
+        pos = after + 4;
+        Some(Question {
+            raw,
+            name,
+            qtype,
+            qclass,
+        })
+    } else {
+        None
+    };
+    // Answer and authority records are meaningless in a query but legal; skip them.
+    for _ in 0..(u32::from(an) + u32::from(ns)) {
+        pos = skip_record(b, pos).ok_or_else(|| formerr.clone())?;
+    }
+    let mut edns = None;
+    for _ in 0..ar {
+        let start = pos;
+        let after_name = skip_name(b, pos).ok_or_else(|| formerr.clone())?;
+        let rtype = u16_at(b, after_name).ok_or_else(|| formerr.clone())?;
+        pos = skip_record(b, pos).ok_or_else(|| formerr.clone())?;
+        if rtype != TYPE_OPT {
+            continue;
+        }
+        // RFC 6891 §6.1.1: exactly one OPT, owned by the root.
+        if edns.is_some() || b[start] != 0 {
+            return Err(formerr);
+        }
+        edns = Some(parse_opt(b, after_name).ok_or_else(|| formerr.clone())?);
+        if let ParseError::FormErr { edns: e, .. } = &mut formerr {
+            *e = true;
+        }
+    }
+    if pos != b.len() {
+        return Err(formerr); // trailing garbage
+    }
+    Ok(Query {
+        id,
+        opcode,
+        rd,
+        cd,
+        question,
+        edns,
+    })
+}
+
+/// Skips one resource record starting at its owner name.
+fn skip_record(b: &[u8], pos: usize) -> Option<usize> {
+    let p = skip_name(b, pos)?;
+    let rdlen = usize::from(u16_at(b, p + 8)?);
+    let end = p + 10 + rdlen;
+    (end <= b.len()).then_some(end)
+}
+
+/// Parses OPT fields after the owner name; `None` = malformed (FORMERR).
+fn parse_opt(b: &[u8], p: usize) -> Option<Edns> {
+    let payload = u16_at(b, p + 2)?.max(512);
+    let version = *b.get(p + 5)?;
+    let flags = u16_at(b, p + 6)?;
+    let rdlen = usize::from(u16_at(b, p + 8)?);
+    let rdata = b.get(p + 10..p + 10 + rdlen)?;
+    let mut ecs = None;
+    let mut i = 0;
+    while i < rdata.len() {
+        let code = u16_at(rdata, i)?;
+        let len = usize::from(u16_at(rdata, i + 2)?);
+        let data = rdata.get(i + 4..i + 4 + len)?;
+        if code == OPT_ECS {
+            if ecs.is_some() {
+                return None; // two ECS options: ambiguous
+            }
+            ecs = Some(parse_ecs(data)?);
+        }
+        i += 4 + len;
+    }
+    Some(Edns {
+        payload,
+        version,
+        dnssec_ok: flags & 0x8000 != 0,
+        ecs,
+    })
+}
+
+/// Validates an ECS option per RFC 7871 §6 and §7.1.1; `None` = FORMERR.
+pub fn parse_ecs(data: &[u8]) -> Option<ClientSubnet> {
+    let family = u16_at(data, 0)?;
+    let source_prefix = *data.get(2)?;
+    let scope_prefix = *data.get(3)?;
+    let addr_bytes = data.get(4..)?;
+    let max = match family {
+        1 => 32,
+        2 => 128,
+        _ => return None,
+    };
+    // "SCOPE PREFIX-LENGTH ... MUST be set to 0 in queries."
+    if source_prefix > max || scope_prefix != 0 {
+        return None;
+    }
+    // "ADDRESS ... MUST be truncated to the number of bits indicated by SOURCE PREFIX-LENGTH"
+    let need = usize::from(source_prefix).div_ceil(8);
+    if addr_bytes.len() != need {
+        return None;
+    }
+    let mut full = [0u8; 16];
+    full[..need].copy_from_slice(addr_bytes);
+    if !source_prefix.is_multiple_of(8) {
+        let mask = 0xFFu8 >> (source_prefix % 8);
+        if full[need - 1] & mask != 0 {
+            return None; // bits set beyond the prefix
+        }
+    }
+    let addr = if family == 1 {
+        IpAddr::V4(Ipv4Addr::new(full[0], full[1], full[2], full[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(full))
+    };
+    Some(ClientSubnet {
+        family,
+        source_prefix,
+        addr,
+    })
+}
+
+/// Header fields of a response.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseHeader {
+    /// Copied from the query.
+    pub id: u16,
+    /// Copied from the query.
+    pub opcode: u8,
+    /// Copied from the query.
+    pub rd: bool,
+    /// Copied from the query.
+    pub cd: bool,
+    /// Authoritative answer.
+    pub aa: bool,
+    /// Truncated.
+    pub tc: bool,
+    /// 12-bit response code; the upper 8 bits travel in OPT.
+    pub rcode: u16,
+}
+
+/// One record to emit, with the TTL to use.
+#[derive(Debug, Clone, Copy)]
+pub struct Rr<'a> {
+    /// The record (its owner name is used unless `at_qname`).
+    pub record: &'a Record,
+    /// Owner is the query name: emitted as a pointer to the question (0xC00C), which both
+    /// compresses and keeps the client's spelling.
+    pub at_qname: bool,
+    /// TTL on the wire.
+    pub ttl: u32,
+}
+
+impl<'a> Rr<'a> {
+    /// A record with its own owner and TTL.
+    pub fn own(record: &'a Record) -> Self {
+        Self {
+            record,
+            at_qname: false,
+            ttl: record.ttl,
+        }
+    }
+
+    /// A record owned by the query name.
+    pub fn at_qname(record: &'a Record) -> Self {
+        Self {
+            record,
+            at_qname: true,
+            ttl: record.ttl,
+        }
+    }
+}
+
+/// The OPT record of a response.
+#[derive(Debug, Clone, Copy)]
+pub struct OptOut {
+    /// Payload size we advertise.
+    pub payload: u16,
+    /// ECS echoed back, with the scope prefix we answer for.
+    pub ecs: Option<(ClientSubnet, u8)>,
+}
+
+/// Sections of a response.
+#[derive(Debug, Default)]
+pub struct Sections<'a> {
+    /// Answer section.
+    pub answer: Vec<Rr<'a>>,
+    /// Authority section.
+    pub authority: Vec<Rr<'a>>,
+    /// Additional section (OPT is added separately).
+    pub additional: Vec<Rr<'a>>,
+}
+
+/// The encoded message did not fit the size limit.
+#[derive(Debug)]
+pub struct Overflow;
+
+/// Encodes a response into `out` (cleared first), failing if it exceeds `limit` bytes.
+pub fn encode(
+    out: &mut Vec<u8>,
+    header: &ResponseHeader,
+    question: Option<&[u8]>,
+    sections: &Sections<'_>,
+    opt: Option<&OptOut>,
+    limit: u16,
+) -> Result<(), Overflow> {
+    out.clear();
+    let mut enc = BinEncoder::new(out);
+    enc.set_max_size(limit);
+    encode_into(&mut enc, header, question, sections, opt).map_err(|_| Overflow)?;
+    let counts = [
+        u16::from(question.is_some()),
+        sections.answer.len() as u16,
+        sections.authority.len() as u16,
+        sections.additional.len() as u16 + u16::from(opt.is_some()),
+    ];
+    for (i, c) in counts.iter().enumerate() {
+        out[4 + 2 * i..6 + 2 * i].copy_from_slice(&c.to_be_bytes());
+    }
+    Ok(())
+}
+
+fn encode_into(
+    enc: &mut BinEncoder<'_>,
+    h: &ResponseHeader,
+    question: Option<&[u8]>,
+    sections: &Sections<'_>,
+    opt: Option<&OptOut>,
+) -> Result<(), hickory_server::proto::ProtoError> {
+    enc.emit_u16(h.id)?;
+    let b2 =
+        0x80 | (h.opcode << 3) | (u8::from(h.aa) << 2) | (u8::from(h.tc) << 1) | u8::from(h.rd);
+    let b3 = (u8::from(h.cd) << 4) | (h.rcode & 0x0F) as u8;
+    enc.emit(b2)?;
+    enc.emit(b3)?;
+    enc.emit_vec(&[0; 8])?; // counts, patched by `encode`
+    if let Some(q) = question {
+        enc.emit_vec(q)?;
+    }
+    for rr in sections
+        .answer
+        .iter()
+        .chain(&sections.authority)
+        .chain(&sections.additional)
+    {
+        emit_rr(enc, rr)?;
+    }
+    if let Some(o) = opt {
+        enc.emit(0)?; // root owner
+        enc.emit_u16(TYPE_OPT)?;
+        enc.emit_u16(o.payload)?;
+        enc.emit(((h.rcode >> 4) & 0xFF) as u8)?; // extended rcode
+        enc.emit(0)?; // version 0
+        enc.emit_u16(0)?; // flags: DO clear, we do not sign
+        match &o.ecs {
+            Some((ecs, scope)) => {
+                let alen = ecs.addr_len();
+                enc.emit_u16((8 + alen) as u16)?;
+                enc.emit_u16(OPT_ECS)?;
+                enc.emit_u16((4 + alen) as u16)?;
+                enc.emit_u16(ecs.family)?;
+                enc.emit(ecs.source_prefix)?;
+                enc.emit(*scope)?;
+                let bytes: [u8; 16] = match ecs.addr {
+                    IpAddr::V4(a) => {
+                        let mut b = [0; 16];
+                        b[..4].copy_from_slice(&a.octets());
+                        b
+                    }
+                    IpAddr::V6(a) => a.octets(),
+                };
+                enc.emit_vec(&bytes[..alen])?;
+            }
+            None => enc.emit_u16(0)?,
+        }
+    }
+    Ok(())
+}
+
+fn emit_rr(enc: &mut BinEncoder<'_>, rr: &Rr<'_>) -> Result<(), hickory_server::proto::ProtoError> {
+    if rr.at_qname {
+        enc.emit_u16(0xC000 | HEADER_LEN as u16)?;
+    } else {
+        rr.record.name.emit(enc)?;
+    }
+    enc.emit_u16(rr.record.record_type().into())?;
+    enc.emit_u16(rr.record.dns_class.into())?;
+    enc.emit_u32(rr.ttl)?;
+    let len_at = enc.offset();
+    enc.emit_u16(0)?;
+    let start = enc.offset();
+    rr.record.data.emit(enc)?;
+    let len = (enc.offset() - start) as u16;
+    let end = enc.offset();
+    enc.set_offset(len_at);
+    enc.emit_u16(len)?;
+    enc.set_offset(end);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &[u8], qtype: u16, opt: Option<&[u8]>) -> Vec<u8> {
+        let mut b = vec![
+            0x12,
+            0x34,
+            0x01,
+            0x00,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u8::from(opt.is_some()),
+        ];
+        b.extend_from_slice(name);
+        b.extend_from_slice(&qtype.to_be_bytes());
+        b.extend_from_slice(&1u16.to_be_bytes());
+        if let Some(o) = opt {
+            b.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0]);
+            b.extend_from_slice(&(o.len() as u16).to_be_bytes());
+            b.extend_from_slice(o);
+        }
+        b
+    }
+
+    const WWW: &[u8] = b"\x03WwW\x07example\x04test\x00";
+
+    #[test]
+    fn parses_question_and_keeps_case() {
+        let b = query(WWW, 1, None);
+        let q = parse(&b).unwrap();
+        let question = q.question.unwrap();
+        assert_eq!(&question.raw[..WWW.len()], WWW);
+        assert_eq!(question.name.lower(), b"\x03www\x07example\x04test\x00");
+        assert_eq!(question.name.label_count(), 3);
+        assert_eq!(question.name.suffix(1), b"\x07example\x04test\x00");
+        assert_eq!(question.name.suffix(3), b"\x00");
+        assert_eq!(question.name.to_dotted(), "www.example.test.");
+        assert!(q.edns.is_none());
+    }
+
+    #[test]
+    fn ecs_validation_table() {
+        // (option data, valid?)
+        let cases: &[(&[u8], bool)] = &[
+            (&[0, 1, 24, 0, 81, 2, 69], true),
+            (&[0, 1, 0, 0], true),
+            (&[0, 1, 24, 8, 81, 2, 69], false), // non-zero scope
+            (&[0, 3, 24, 0, 81, 2, 69], false), // unknown family
+            (&[0, 1, 33, 0, 1, 2, 3, 4, 5], false), // prefix too long
+            (&[0, 1, 23, 0, 81, 2, 69], false), // bit 24 set beyond /23
+            (&[0, 1, 24, 0, 81, 2, 69, 0], false), // trailing address byte
+            (&[0, 1, 24, 0, 81, 2], false),     // address too short
+            (&[0, 2, 56, 0, 0x2a, 2, 0, 0, 0, 0, 0], true),
+        ];
+        for (data, ok) in cases {
+            assert_eq!(parse_ecs(data).is_some(), *ok, "{data:?}");
+        }
+    }
+
+    #[test]
+    fn responses_and_runts_are_dropped() {
+        assert_eq!(parse(&[0; 5]).unwrap_err(), ParseError::Drop);
+        let mut b = query(WWW, 1, None);
+        b[2] |= 0x80;
+        assert_eq!(parse(&b).unwrap_err(), ParseError::Drop);
+    }
+
+    #[test]
+    fn compression_in_question_is_formerr() {
+        let b = query(b"\xC0\x0C", 1, None);
+        assert!(matches!(parse(&b), Err(ParseError::FormErr { .. })));
+    }
+
+    #[test]
+    fn trailing_garbage_is_formerr() {
+        let mut b = query(WWW, 1, None);
+        b.push(0);
+        assert!(matches!(parse(&b), Err(ParseError::FormErr { .. })));
+    }
+
+    #[test]
+    fn opt_with_unknown_option_is_accepted() {
+        let b = query(WWW, 1, Some(&[0xFF, 0x00, 0, 2, 1, 2]));
+        let q = parse(&b).unwrap();
+        assert_eq!(q.edns.unwrap().payload, 4096);
+    }
+}

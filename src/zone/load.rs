@@ -1,0 +1,421 @@
+//! Loading master files: hickory's RFC 1035 parser, then our own consistency checks.
+//!
+//! hickory's parser reports *what* is wrong but not *where*; an operator needs the line. We
+//! find it by re-parsing growing prefixes of the file until the same error appears (only on
+//! the error path, so the cost does not matter). Semantic errors (out-of-zone data, CNAME
+//! beside other data, …) are located by the owner name's first line.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordSet, RecordType, RrKey};
+use hickory_server::proto::serialize::txt::Parser;
+
+use super::{Node, RrSet, Zone, wire_is_subdomain, wire_lower};
+use crate::config::{ConfigError, ConfigErrors};
+
+/// Zone files are the `*.zone` files of the directory; other files (profiles, READMEs) are
+/// left to their own loaders.
+const ZONE_SUFFIX: &str = ".zone";
+
+/// Loads every `*.zone` file of a directory. All errors of all files are returned together.
+pub fn load_dir(dir: &Path) -> Result<Vec<Zone>, ConfigErrors> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| ConfigError::file(dir, format!("cannot read zones directory: {e}")))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(ZONE_SUFFIX) && n.len() > ZONE_SUFFIX.len())
+        })
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(ConfigError::file(dir, "no *.zone files in zones directory").into());
+    }
+    let mut zones: Vec<Zone> = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(ConfigError::file(
+                    &path,
+                    format!("cannot read zone file: {e}"),
+                ));
+                continue;
+            }
+        };
+        match load_zone_text(&path, &text) {
+            Ok(zone) => {
+                if let Some(other) = zones.iter().find(|z| z.origin_wire == zone.origin_wire) {
+                    errors.push(ConfigError::new(
+                        &path,
+                        0,
+                        "$ORIGIN",
+                        format!(
+                            "zone {} is already loaded from {}",
+                            zone.origin,
+                            other.file.display()
+                        ),
+                    ));
+                } else {
+                    zones.push(zone);
+                }
+            }
+            Err(mut e) => errors.append(&mut e.0),
+        }
+    }
+    if errors.is_empty() {
+        Ok(zones)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Origin implied by the file name: `example.test.zone` → `example.test.`.
+fn origin_from_path(path: &Path) -> Option<Name> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(ZONE_SUFFIX)?;
+    let mut name = Name::from_ascii(stem).ok()?;
+    name.set_fqdn(true);
+    Some(name)
+}
+
+/// Parses and checks one zone file.
+pub fn load_zone_text(path: &Path, text: &str) -> Result<Zone, ConfigErrors> {
+    let origin_hint = origin_from_path(path);
+    let parse = |t: &str| Parser::new(t, Some(path.to_path_buf()), origin_hint.clone()).parse();
+    let (origin, sets) = match parse(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = e.to_string();
+            let line = locate_parse_error(text, &msg, parse);
+            return Err(ConfigError::new(path, line, "-", format!("syntax: {msg}")).into());
+        }
+    };
+    build_zone(path, text, origin, sets)
+}
+
+/// First line `n` such that the file's first `n` lines fail with the same message.
+fn locate_parse_error<F, T, E>(text: &str, msg: &str, parse: F) -> usize
+where
+    F: Fn(&str) -> Result<T, E>,
+    E: std::fmt::Display,
+{
+    /// Beyond this many lines the quadratic search is not worth it; report the file only.
+    const MAX_LINES: usize = 20_000;
+    let ends: Vec<usize> = text.match_indices('\n').map(|(i, _)| i + 1).collect();
+    if ends.len() > MAX_LINES {
+        return 0;
+    }
+    for (n, end) in ends.iter().enumerate() {
+        if let Err(e) = parse(&text[..*end])
+            && e.to_string() == msg
+        {
+            return n + 1;
+        }
+    }
+    ends.len() + usize::from(!text.ends_with('\n'))
+}
+
+/// Line of the first record line owned by `name` (absolute, or relative to the origin).
+fn owner_line(text: &str, name: &Name, origin: &Name) -> usize {
+    let abs = name.to_ascii().to_ascii_lowercase();
+    let abs_trim = abs.trim_end_matches('.');
+    let origin_s = origin.to_ascii().to_ascii_lowercase();
+    let rel = abs_trim
+        .strip_suffix(origin_s.trim_end_matches('.'))
+        .map(|r| r.trim_end_matches('.'))
+        .filter(|r| !r.is_empty());
+    text.lines()
+        .position(|l| {
+            if l.starts_with(|c: char| c.is_whitespace() || c == ';' || c == '$') {
+                return false;
+            }
+            let tok = l
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            let tok = tok.as_str();
+            tok == abs
+                || tok == abs_trim
+                || Some(tok) == rel
+                || (tok == "@" && name.to_lowercase() == origin.to_lowercase())
+        })
+        .map_or(0, |i| i + 1)
+}
+
+/// Additional records computed for one RRset: (owner, index in the node, records).
+type Glue = (Box<[u8]>, usize, Vec<Record>);
+
+fn build_zone(
+    path: &Path,
+    text: &str,
+    origin: Name,
+    sets: BTreeMap<RrKey, RecordSet>,
+) -> Result<Zone, ConfigErrors> {
+    let origin_wire = wire_lower(&origin);
+    let mut errors = Vec::new();
+    let err = |name: &Name, rtype: Option<RecordType>, msg: String| {
+        let field = match rtype {
+            Some(t) => format!("{name} {t}"),
+            None => name.to_string(),
+        };
+        ConfigError::new(path, owner_line(text, name, &origin), field, msg)
+    };
+
+    let mut nodes: HashMap<Box<[u8]>, Node> = HashMap::new();
+    let mut soa = None;
+    for (key, set) in &sets {
+        let name = set.name();
+        let rtype = key.record_type;
+        let wire = wire_lower(name);
+        if !wire_is_subdomain(&wire, &origin_wire) {
+            errors.push(err(
+                name,
+                Some(rtype),
+                format!("out of zone: not at or below the origin {origin}"),
+            ));
+            continue;
+        }
+        if name.is_wildcard() {
+            errors.push(err(
+                name,
+                Some(rtype),
+                "wildcard owner names are not supported".to_string(),
+            ));
+            continue;
+        }
+        if set.dns_class() != DNSClass::IN {
+            errors.push(err(
+                name,
+                Some(rtype),
+                format!("class {} is not served; only IN", set.dns_class()),
+            ));
+            continue;
+        }
+        let records: Vec<Record> = set.records_without_rrsigs().cloned().collect();
+        if rtype == RecordType::SOA {
+            if wire != origin_wire {
+                errors.push(err(
+                    name,
+                    Some(rtype),
+                    "SOA below the zone apex".to_string(),
+                ));
+                continue;
+            }
+            if records.len() != 1 {
+                errors.push(err(
+                    name,
+                    Some(rtype),
+                    "more than one SOA record".to_string(),
+                ));
+                continue;
+            }
+            soa = records.first().cloned();
+        }
+        if rtype == RecordType::CNAME && records.len() > 1 {
+            errors.push(err(
+                name,
+                Some(rtype),
+                "more than one CNAME at one name".to_string(),
+            ));
+            continue;
+        }
+        let cname_target = match records.first().map(|r| &r.data) {
+            Some(RData::CNAME(c)) => Some(wire_lower(&c.0)),
+            _ => None,
+        };
+        let node = nodes.entry(wire.clone()).or_default();
+        node.rrsets.push(RrSet {
+            rtype,
+            records,
+            additional: Vec::new(),
+            cname_target,
+        });
+        if rtype == RecordType::NS && wire != origin_wire {
+            node.cut = true;
+        }
+    }
+
+    // CNAME and other data cannot share a name (RFC 1034 §3.6.2); nor can the apex be a CNAME.
+    for node in nodes.values() {
+        if let Some(c) = node.get(RecordType::CNAME) {
+            let name = &c.records[0].name;
+            if node.rrsets.len() > 1 {
+                errors.push(err(
+                    name,
+                    Some(RecordType::CNAME),
+                    "CNAME and other data at the same name".to_string(),
+                ));
+            } else if wire_lower(name) == origin_wire {
+                errors.push(err(
+                    name,
+                    Some(RecordType::CNAME),
+                    "CNAME at the zone apex".to_string(),
+                ));
+            }
+        }
+    }
+
+    let Some(soa) = soa else {
+        errors.push(ConfigError::new(
+            path,
+            0,
+            "SOA",
+            format!("zone {origin} has no SOA record"),
+        ));
+        return Err(ConfigErrors(errors));
+    };
+    let apex_has_ns = nodes
+        .get(&origin_wire)
+        .is_some_and(|n| n.get(RecordType::NS).is_some());
+    if !apex_has_ns {
+        errors.push(err(
+            &origin,
+            Some(RecordType::NS),
+            format!("zone {origin} has no NS records at its apex"),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+
+    // Empty non-terminals: every ancestor between an owner and the apex exists (NODATA).
+    let owners: Vec<Box<[u8]>> = nodes.keys().cloned().collect();
+    for owner in owners {
+        let mut off = 0;
+        while off < owner.len() && owner[off] != 0 {
+            off += 1 + owner[off] as usize;
+            let ancestor = &owner[off..];
+            if ancestor.len() <= origin_wire.len() {
+                break;
+            }
+            nodes.entry(ancestor.into()).or_default();
+        }
+    }
+
+    // Additional-section addresses for NS, MX and SRV targets that live in this zone.
+    let mut glue: Vec<Glue> = Vec::new();
+    for (owner, node) in &nodes {
+        for (idx, set) in node.rrsets.iter().enumerate() {
+            let extra: Vec<Record> = set
+                .records
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::NS(ns) => Some(wire_lower(&ns.0)),
+                    RData::MX(mx) => Some(wire_lower(&mx.exchange)),
+                    RData::SRV(srv) => Some(wire_lower(&srv.target)),
+                    _ => None,
+                })
+                .filter_map(|t| nodes.get(&t))
+                .flat_map(|target| {
+                    [RecordType::A, RecordType::AAAA]
+                        .into_iter()
+                        .filter_map(|t| target.get(t))
+                        .flat_map(|set| set.records.iter().cloned())
+                })
+                .collect();
+            if !extra.is_empty() {
+                glue.push((owner.clone(), idx, extra));
+            }
+        }
+    }
+    for (owner, idx, extra) in glue {
+        if let Some(n) = nodes.get_mut(&owner) {
+            n.rrsets[idx].additional = extra;
+        }
+    }
+
+    let negative_ttl = match &soa.data {
+        RData::SOA(s) => soa.ttl.min(s.minimum),
+        _ => soa.ttl,
+    };
+    let mut negative_soa = soa.clone();
+    negative_soa.ttl = negative_ttl;
+    let has_cuts = nodes.values().any(|n| n.cut);
+    Ok(Zone {
+        origin_labels: usize::from(origin.num_labels()),
+        origin,
+        origin_wire,
+        soa,
+        negative_soa,
+        nodes,
+        has_cuts,
+        file: path.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str =
+        "$ORIGIN t.\n$TTL 60\n@ IN SOA ns. h. 1 2 3 4 30\n@ IN NS ns.t.\nns IN A 192.0.2.1\n";
+
+    fn load(text: &str) -> Result<Zone, ConfigErrors> {
+        load_zone_text(Path::new("zones/t.zone"), text)
+    }
+
+    #[test]
+    fn negative_ttl_is_min_of_soa_ttl_and_minimum() {
+        let z = load(GOOD).unwrap();
+        assert_eq!(z.negative_soa.ttl, 30);
+        assert_eq!(z.soa.ttl, 60);
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let text = format!("{GOOD}www IN A 999.1.1.1\nok IN A 192.0.2.2\n");
+        let e = load(&text).unwrap_err().to_string();
+        assert!(e.starts_with("zones/t.zone:6: -: syntax:"), "{e}");
+    }
+
+    #[test]
+    fn out_of_zone_record_is_named() {
+        let text = format!("{GOOD}other.example. IN A 192.0.2.9\n");
+        let e = load(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("zones/t.zone:6: other.example. A: out of zone"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cname_and_other_data_rejected() {
+        let text = format!("{GOOD}x IN CNAME ns.t.\nx IN A 192.0.2.3\n");
+        let e = load(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("zones/t.zone:6: x.t. CNAME: CNAME and other data"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_ns_rejected() {
+        let e = load("$ORIGIN t.\n@ 60 IN SOA ns. h. 1 2 3 4 30\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no NS records"), "{e}");
+    }
+
+    #[test]
+    fn empty_non_terminals_exist() {
+        let z = load(&format!("{GOOD}a.b.c IN A 192.0.2.4\n")).unwrap();
+        let b = wire_lower(&Name::from_ascii("b.c.t.").unwrap());
+        let c = wire_lower(&Name::from_ascii("c.t.").unwrap());
+        assert!(z.nodes.get(&b).is_some_and(|n| n.rrsets.is_empty()));
+        assert!(z.nodes.contains_key(&c));
+    }
+
+    #[test]
+    fn ns_glue_is_precomputed() {
+        let z = load(GOOD).unwrap();
+        let ns = z.nodes[&z.origin_wire].get(RecordType::NS).unwrap();
+        assert_eq!(ns.additional.len(), 1);
+    }
+}
