@@ -14,31 +14,131 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::dns::Handler;
 use crate::dns::server::{self, TcpLimits};
+use crate::geo::Catalogue;
+use crate::health::HealthSnapshot;
+use crate::locate::{Code, Locator};
+use crate::routing::model::Model;
+use crate::routing::{Measured, RoutingTable, profile};
+use crate::state::State;
 use crate::zone::{self, ZoneSet};
 
 /// Everything `check` validates and `serve` needs, loaded without binding anything.
 pub struct Loaded {
     /// The configuration.
     pub config: Config,
-    /// The zones.
-    pub zones: ZoneSet,
+    /// Zones, profiles, GeoIP.
+    pub state: State,
 }
 
-/// Loads configuration and every zone; all errors are collected.
+/// Loads configuration, zones, profiles and GeoIP databases; all errors are collected.
 pub fn load(config_path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
     let config = Config::load(config_path)?;
-    let zones = ZoneSet::new(zone::load_dir(&config.zones_dir)?);
-    Ok(Loaded { config, zones })
+    let state = load_state(&config)?;
+    Ok(Loaded { config, state })
+}
+
+/// Builds the serving state from a validated configuration (blocking file I/O).
+pub fn load_state(config: &Config) -> Result<State, ConfigErrors> {
+    let mut errors = Vec::new();
+    let catalogue = Catalogue::load(config.regions_file.as_deref())?;
+    let locator = match Locator::open(config.geoip_city.as_deref(), config.geoip_asn.as_deref()) {
+        Ok(l) => l,
+        Err(mut e) => {
+            errors.append(&mut e.0);
+            Locator::default()
+        }
+    };
+    let zones = zone::load_dir(&config.zones_dir)?;
+    let mut profiles = Vec::new();
+    for z in &zones {
+        let path = z.file.with_extension("toml");
+        if !path.is_file() {
+            continue;
+        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(ConfigError::file(
+                    &path,
+                    format!("cannot read profiles: {e}"),
+                ));
+                continue;
+            }
+        };
+        match profile::load_profiles(z, &path, &text, &catalogue, profiles.len()) {
+            Ok(mut p) => profiles.append(&mut p),
+            Err(mut e) => errors.append(&mut e.0),
+        }
+    }
+    profile::compute_capabilities(&mut profiles);
+    let server = match (&config.server_region, config.server_point) {
+        (Some(r), _) => match catalogue.get(r) {
+            Some(reg) => Some(reg.point()),
+            None => {
+                errors.push(ConfigError::new(
+                    &config.source,
+                    0,
+                    "routing.server_region",
+                    format!("unknown region {r:?}"),
+                ));
+                None
+            }
+        },
+        (None, p) => p,
+    };
+    let model = Model {
+        base_ms: config.base_ms,
+        ms_per_km: config.ms_per_km,
+        server,
+    };
+    let mut measured = Measured::default();
+    for m in &config.measured {
+        if catalogue.get(&m.region).is_none() {
+            errors.push(ConfigError::new(
+                &config.source,
+                0,
+                "routing.measured.region",
+                format!("unknown region {:?}", m.region),
+            ));
+            continue;
+        }
+        if let Some(net) = m
+            .client
+            .as_deref()
+            .and_then(|c| c.parse::<ipnet::IpNet>().ok())
+        {
+            measured
+                .networks
+                .push((net.trunc(), m.region.clone(), m.rtt_ms));
+        } else if let Some(c) = m.country.as_deref().and_then(Code::new) {
+            measured.countries.insert((c, m.region.clone()), m.rtt_ms);
+        }
+    }
+    // Longest prefix first, so the first match is the most specific.
+    measured
+        .networks
+        .sort_by_key(|(n, _, _)| std::cmp::Reverse(n.prefix_len()));
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(State {
+        zones: ZoneSet::new(zones),
+        routing: RoutingTable::new(profiles, model, measured),
+        locator: Arc::new(locator),
+    })
 }
 
 /// Serves until SIGINT or SIGTERM, then drains. Runs its own tokio runtime.
 pub fn serve(loaded: Loaded) -> anyhow::Result<()> {
-    let Loaded { config, zones } = loaded;
-    for z in zones.iter() {
+    let Loaded { config, state } = loaded;
+    for z in state.zones.iter() {
         info!(zone = %z.origin, file = %z.file.display(), names = z.nodes.len(), "zone loaded");
+    }
+    for p in &state.routing.profiles {
+        info!(profile = %p.owner, method = ?p.method, endpoints = p.endpoints.len(), "profile loaded");
     }
     let bound = server::bind(&config.udp, &config.tcp, config.workers)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -48,8 +148,9 @@ pub fn serve(loaded: Loaded) -> anyhow::Result<()> {
         .build()
         .context("failed to start the tokio runtime")?;
     runtime.block_on(async move {
-        let zones = Arc::new(ArcSwap::from_pointee(zones));
-        let handler = Arc::new(Handler::new(zones, config.edns_udp_payload));
+        let state = Arc::new(ArcSwap::from_pointee(state));
+        let health = Arc::new(ArcSwap::from_pointee(HealthSnapshot::default()));
+        let handler = Arc::new(Handler::new(state, health, config.edns_udp_payload));
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let limits = TcpLimits {

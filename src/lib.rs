@@ -8,6 +8,10 @@
 //! - [`config`]: the TOML configuration, parsed strictly; errors name file, line and field.
 //! - [`zone`]: RFC 1035 master files loaded into immutable, query-ready zones.
 //! - [`dns`]: wire format, the request handler (decode → decide → encode) and transports.
+//! - [`routing`]: traffic profiles, the routing methods and the latency model.
+//! - [`locate`]: GeoIP client location; [`geo`]: distances and the cloud region catalogue.
+//! - [`health`]: endpoint monitor states and RTTs as routing reads them.
+//! - [`explain`]: the "why this answer" trace for a name and a client.
 //! - [`app`]: wiring: load and validate, bind, serve, shut down gracefully.
 //!
 //! The hot path is synchronous and lock-free: one `ArcSwap` load per query; everything slow
@@ -16,4 +20,10 @@
 pub mod app;
 pub mod config;
 pub mod dns;
+pub mod explain;
+pub mod geo;
+pub mod health;
+pub mod locate;
+pub mod routing;
+pub mod state;
 pub mod zone;

@@ -6,11 +6,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use geosteer::app;
+use std::net::IpAddr;
+
 use geosteer::config::LogFormat;
+use geosteer::health::HealthSnapshot;
+use geosteer::routing::Family;
+use geosteer::{app, explain};
+use ipnet::IpNet;
 
 /// Exit code for configuration errors (EX_USAGE in sysexits.h).
 const EXIT_CONFIG: u8 = 64;
+/// Exit code for a bad command-line request (a name that is not a profile).
+const EXIT_USAGE: u8 = 2;
 /// Exit code for runtime failures such as an address already in use.
 const EXIT_RUNTIME: u8 = 1;
 
@@ -36,6 +43,27 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Explain the answer a traffic profile gives one client: location, every endpoint with
+    /// its terms, the decision, TTL and ECS scope.
+    Explain {
+        /// Configuration file (default: the embedded geosteer.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The steered name, e.g. mqtt.example.test.
+        name: String,
+        /// The query's source address (the resolver).
+        #[arg(long, default_value = "127.0.0.1")]
+        client: IpAddr,
+        /// EDNS Client Subnet the resolver sends, e.g. 81.2.69.0/24.
+        #[arg(long)]
+        ecs: Option<IpNet>,
+        /// Record type.
+        #[arg(long = "type", default_value = "A", value_parser = ["A", "AAAA", "CNAME"])]
+        qtype: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -57,11 +85,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match app::load(config.as_deref()) {
             Ok(loaded) => {
+                let (z, p) = (loaded.state.zones.len(), loaded.state.routing.len());
                 println!(
-                    "{}: ok ({} zone{})",
+                    "{}: ok ({z} zone{}, {p} profile{})",
                     loaded.config.source.display(),
-                    loaded.zones.len(),
-                    if loaded.zones.len() == 1 { "" } else { "s" }
+                    if z == 1 { "" } else { "s" },
+                    if p == 1 { "" } else { "s" }
                 );
                 ExitCode::SUCCESS
             }
@@ -70,6 +99,46 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Explain {
+            config,
+            name,
+            client,
+            ecs,
+            qtype,
+            json,
+        } => {
+            let loaded = match app::load(config.as_deref()) {
+                Ok(l) => l,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let family = match qtype.as_str() {
+                "AAAA" => Family::V6,
+                "CNAME" => Family::Any,
+                _ => Family::V4,
+            };
+            // Without a running server's probes, every endpoint is CheckingEndpoint (served).
+            let health = HealthSnapshot::default();
+            match explain::explain(&loaded.state, &health, &name, family, client, ecs) {
+                Ok(report) if json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("geosteer explain: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            }
+        }
         Command::Serve { config } => {
             let loaded = match app::load(config.as_deref()) {
                 Ok(l) => l,

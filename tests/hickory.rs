@@ -10,14 +10,18 @@ use arc_swap::ArcSwap;
 use common::*;
 use geosteer::dns::Handler;
 use geosteer::dns::hickory::HickoryHandler;
-use geosteer::zone::{ZoneSet, load_dir};
+use geosteer::health::HealthSnapshot;
 
 #[test]
 fn hickory_server_path_matches_the_native_path() {
     let native = Server::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let zones = ZoneSet::new(load_dir(&repo().join("zones")).unwrap());
-    let handler = Arc::new(Handler::new(Arc::new(ArcSwap::from_pointee(zones)), 1232));
+    let loaded = geosteer::app::load(Some(&repo().join("geosteer.toml"))).unwrap();
+    let handler = Arc::new(Handler::new(
+        Arc::new(ArcSwap::from_pointee(loaded.state)),
+        Arc::new(ArcSwap::from_pointee(HealthSnapshot::default())),
+        1232,
+    ));
     let (addr, _server) = rt.block_on(async {
         let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let tcp = tokio::net::TcpListener::bind(udp.local_addr().unwrap())
@@ -39,6 +43,9 @@ fn hickory_server_path_matches_the_native_path() {
         &["big.example.test", "TXT", "+tcp"],
         &["example.test", "ANY"],
         &["host.sub.example.test", "A"],
+        &["mqtt.example.test", "A", "+subnet=81.2.69.0/24"],
+        &["mqtt.example.test", "AAAA", "+subnet=1.0.16.0/24"],
+        &["mqtt-lb.example.test", "A"],
     ];
     for args in cases {
         let a = native.dig(args);

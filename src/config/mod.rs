@@ -39,6 +39,60 @@ struct RawConfig {
     zones: RawZones,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    geoip: RawGeoip,
+    #[serde(default)]
+    routing: RawRouting,
+}
+
+/// `[geoip]`: MaxMind-format databases.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawGeoip {
+    city: Option<PathBuf>,
+    asn: Option<PathBuf>,
+}
+
+/// `[routing]`: the latency model and where this server is.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRouting {
+    base_ms: f64,
+    ms_per_km: f64,
+    server_region: Option<String>,
+    server_lat: Option<f64>,
+    server_lon: Option<f64>,
+    regions: Option<PathBuf>,
+    measured: Vec<RawMeasured>,
+}
+
+impl Default for RawRouting {
+    fn default() -> Self {
+        let m = crate::routing::model::Model::default();
+        Self {
+            base_ms: m.base_ms,
+            ms_per_km: m.ms_per_km,
+            server_region: None,
+            server_lat: None,
+            server_lon: None,
+            regions: None,
+            measured: Vec::new(),
+        }
+    }
+}
+
+/// One `[[routing.measured]]` entry: an operator-measured RTT that overrides the model.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawMeasured {
+    /// Client network (CIDR); give this or `country`.
+    pub client: Option<String>,
+    /// Client country (ISO 3166-1 alpha-2); give this or `client`.
+    pub country: Option<String>,
+    /// Catalogue region the RTT was measured to.
+    pub region: String,
+    /// Round-trip time, ms.
+    pub rtt_ms: f64,
 }
 
 /// `[server]`: sockets and transport limits.
@@ -141,6 +195,22 @@ pub struct Config {
     pub log_level: String,
     /// Log line format.
     pub log_format: LogFormat,
+    /// MaxMind-format City database (GeoLite2-City, GeoIP2-City, DB-IP City).
+    pub geoip_city: Option<PathBuf>,
+    /// MaxMind-format ASN database.
+    pub geoip_asn: Option<PathBuf>,
+    /// Latency model: fixed part, ms.
+    pub base_ms: f64,
+    /// Latency model: ms of RTT per great-circle km.
+    pub ms_per_km: f64,
+    /// Where this server runs: a catalogue region name…
+    pub server_region: Option<String>,
+    /// …or coordinates.
+    pub server_point: Option<crate::geo::GeoPoint>,
+    /// Extra region catalogue file (adds to / overrides the embedded one).
+    pub regions_file: Option<PathBuf>,
+    /// Operator-measured RTTs.
+    pub measured: Vec<RawMeasured>,
 }
 
 impl Config {
@@ -232,6 +302,57 @@ impl Config {
                 format!("invalid log filter {:?}: {e}", raw.log.level),
             ));
         }
+        let r = &raw.routing;
+        if !(r.base_ms.is_finite() && r.base_ms >= 0.0) {
+            errors.push(ConfigError::new(
+                file,
+                at("base_ms"),
+                "routing.base_ms",
+                "must be a finite number >= 0",
+            ));
+        }
+        if !(r.ms_per_km.is_finite() && r.ms_per_km > 0.0) {
+            errors.push(ConfigError::new(
+                file,
+                at("ms_per_km"),
+                "routing.ms_per_km",
+                "must be a finite number > 0",
+            ));
+        }
+        let server_point = match (r.server_lat, r.server_lon) {
+            (Some(lat), Some(lon)) => {
+                let p = crate::geo::GeoPoint { lat, lon };
+                if !p.is_valid() || r.server_region.is_some() {
+                    errors.push(ConfigError::new(
+                        file,
+                        at("server_lat"),
+                        "routing.server_lat",
+                        "give server_region or valid server_lat/server_lon, not both",
+                    ));
+                }
+                Some(p)
+            }
+            (None, None) => None,
+            _ => {
+                errors.push(ConfigError::new(
+                    file,
+                    at("server_lat"),
+                    "routing.server_lat",
+                    "server_lat and server_lon go together",
+                ));
+                None
+            }
+        };
+        for m in &r.measured {
+            let ok = match (&m.client, &m.country) {
+                (Some(c), None) => c.parse::<ipnet::IpNet>().is_ok(),
+                (None, Some(c)) => c.len() == 2,
+                _ => false,
+            };
+            if !(ok && m.rtt_ms.is_finite() && m.rtt_ms >= 0.0) {
+                errors.push(ConfigError::new(file, at("region"), "routing.measured", format!("entry for region {:?}: give exactly one of client (CIDR) or country (2 letters), and rtt_ms >= 0", m.region)));
+            }
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -252,6 +373,14 @@ impl Config {
             zones_dir: base.join(raw.zones.directory),
             log_level: raw.log.level,
             log_format: raw.log.format,
+            geoip_city: raw.geoip.city.map(|p| base.join(p)),
+            geoip_asn: raw.geoip.asn.map(|p| base.join(p)),
+            base_ms: raw.routing.base_ms,
+            ms_per_km: raw.routing.ms_per_km,
+            server_region: raw.routing.server_region,
+            server_point,
+            regions_file: raw.routing.regions.map(|p| base.join(p)),
+            measured: raw.routing.measured,
         })
     }
 }

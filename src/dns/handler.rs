@@ -12,7 +12,10 @@ use hickory_server::proto::rr::rdata::HINFO;
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 
 use super::wire::{self, OptOut, ParseError, Query, ResponseHeader, Rr, Sections, opcode, rcode};
-use crate::zone::{Lookup, ZoneSet};
+use crate::health::HealthSnapshot;
+use crate::routing::{Client, Family};
+use crate::state::State;
+use crate::zone::{Lookup, Zone};
 
 /// Transport a query arrived on; decides the size limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,21 +32,28 @@ const ANY_HINFO_TTL: u32 = 3600;
 
 /// The DNS request handler shared by all transports.
 pub struct Handler {
-    zones: Arc<ArcSwap<ZoneSet>>,
+    state: Arc<ArcSwap<State>>,
+    health: Arc<ArcSwap<HealthSnapshot>>,
     edns_payload: u16,
     any_hinfo: Record,
 }
 
 impl Handler {
-    /// A handler answering from `zones`, advertising and capping UDP answers at `edns_payload`.
-    pub fn new(zones: Arc<ArcSwap<ZoneSet>>, edns_payload: u16) -> Self {
+    /// A handler answering from `state` and `health`, advertising and capping UDP answers at
+    /// `edns_payload`.
+    pub fn new(
+        state: Arc<ArcSwap<State>>,
+        health: Arc<ArcSwap<HealthSnapshot>>,
+        edns_payload: u16,
+    ) -> Self {
         let any_hinfo = Record::from_rdata(
             Name::root(),
             ANY_HINFO_TTL,
             RData::HINFO(HINFO::new("RFC8482".to_string(), String::new())),
         );
         Self {
-            zones,
+            state,
+            health,
             edns_payload,
             any_hinfo,
         }
@@ -55,7 +65,7 @@ impl Handler {
     pub fn handle(
         &self,
         packet: &[u8],
-        _src: SocketAddr,
+        src: SocketAddr,
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> bool {
@@ -80,8 +90,8 @@ impl Handler {
                     .is_ok();
             }
         };
-        let zones = self.zones.load();
-        self.respond(&q, &zones, transport, out)
+        let state = self.state.load();
+        self.respond(&q, &state, src, transport, out)
     }
 
     fn opt(&self, ecs: Option<(wire::ClientSubnet, u8)>) -> OptOut {
@@ -94,7 +104,8 @@ impl Handler {
     fn respond(
         &self,
         q: &Query<'_>,
-        zones: &ZoneSet,
+        state: &State,
+        src: SocketAddr,
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> bool {
@@ -145,11 +156,14 @@ impl Handler {
         if qtype == RecordType::OPT {
             return reply_error(&mut h, rcode::FORMERR, opt, out);
         }
-        let Some(zone) = zones.find(&question.name) else {
+        let Some(zone) = state.zones.find(&question.name) else {
             return reply_error(&mut h, rcode::REFUSED, opt, out);
         };
 
         h.aa = true;
+        if let Some(p) = state.routing.profile_at(question.name.lower()) {
+            return self.respond_routed(q, state, zone, p, qtype, src, h, limit, out);
+        }
         let mut s = Sections::default();
         let mut referral = false;
         match zone.lookup(&question.name, qtype) {
@@ -194,6 +208,86 @@ impl Handler {
                 s.additional.extend(ns.additional.iter().map(Rr::own));
             }
         }
+        finish(out, h, qraw, s, opt, limit, referral)
+    }
+
+    /// Answers at a traffic profile's name: locate the client, select, encode with the ECS
+    /// scope the decision holds for.
+    #[allow(clippy::too_many_arguments)]
+    fn respond_routed(
+        &self,
+        q: &Query<'_>,
+        state: &State,
+        zone: &Zone,
+        profile: usize,
+        qtype: RecordType,
+        src: SocketAddr,
+        h: ResponseHeader,
+        limit: u16,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let qraw = q.question.as_ref().map(|qq| qq.raw);
+        let ecs = q.edns.and_then(|e| e.ecs);
+        let mut s = Sections::default();
+        let family = match qtype {
+            RecordType::A => Family::V4,
+            RecordType::AAAA => Family::V6,
+            RecordType::CNAME => Family::Any,
+            RecordType::ANY => {
+                s.answer.push(Rr::at_qname(&self.any_hinfo));
+                let opt = q.edns.map(|_| self.opt(ecs.map(|e| (e, 0))));
+                return finish(out, h, qraw, s, opt, limit, false);
+            }
+            _ => {
+                // The name exists; other types are NODATA, the same for every client.
+                s.authority.push(Rr::own(&zone.negative_soa));
+                let opt = q.edns.map(|_| self.opt(ecs.map(|e| (e, 0))));
+                return finish(out, h, qraw, s, opt, limit, false);
+            }
+        };
+        let client = locate_client(state, ecs, src);
+        let health = self.health.load();
+        let sel = state
+            .routing
+            .select(profile, family, &client, &health, None);
+        let opt = q.edns.map(|_| self.opt(ecs.map(|e| (e, sel.scope))));
+        if sel.records.is_empty() {
+            s.authority.push(Rr::own(&zone.negative_soa));
+        } else {
+            s.answer.extend(sel.records.iter().map(|r| Rr {
+                record: r,
+                at_qname: true,
+                ttl: sel.ttl,
+            }));
+        }
+        finish(out, h, qraw, s, opt, limit, false)
+    }
+}
+
+/// Where routing should think the client is: the ECS address when the resolver sent one with
+/// a non-zero source prefix (RFC 7871 §7.1.2), else the resolver's own address.
+pub fn locate_client(state: &State, ecs: Option<wire::ClientSubnet>, src: SocketAddr) -> Client {
+    let addr = match ecs {
+        Some(e) if e.source_prefix > 0 => e.addr,
+        _ => src.ip(),
+    };
+    Client {
+        loc: state.locator.locate(addr, state.routing.wants_subdivision),
+        ecs_source: ecs.map(|e| e.source_prefix),
+    }
+}
+
+/// Encodes, degrading gracefully when the answer does not fit.
+fn finish(
+    out: &mut Vec<u8>,
+    mut h: ResponseHeader,
+    qraw: Option<&[u8]>,
+    mut s: Sections<'_>,
+    opt: Option<OptOut>,
+    limit: u16,
+    referral: bool,
+) -> bool {
+    {
         if wire::encode(out, &h, qraw, &s, opt.as_ref(), limit).is_ok() {
             return true;
         }

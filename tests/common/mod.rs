@@ -51,6 +51,8 @@ pub struct Opts {
     pub zones_dir: Option<PathBuf>,
     /// Also listen on ::1.
     pub ipv6: bool,
+    /// Further TOML tables appended to the config (e.g. `[routing]`).
+    pub extra: String,
 }
 
 impl Server {
@@ -74,10 +76,14 @@ impl Server {
         } else {
             (r#"["127.0.0.1:0"]"#, r#"["127.0.0.1:0"]"#)
         };
+        let geo = repo().join("geo");
         let config = format!(
-            "[server]\nudp = {udp}\ntcp = {tcp}\nworkers = 2\n{}\n[zones]\ndirectory = {:?}\n[log]\nlevel = \"info\"\nformat = \"json\"\n",
+            "[server]\nudp = {udp}\ntcp = {tcp}\nworkers = 2\n{}\n[zones]\ndirectory = {:?}\n[log]\nlevel = \"info\"\nformat = \"json\"\n[geoip]\ncity = {:?}\nasn = {:?}\n{}\n",
             opts.server_extra,
-            zones.display().to_string()
+            zones.display().to_string(),
+            geo.join("sample-city.mmdb").display().to_string(),
+            geo.join("sample-asn.mmdb").display().to_string(),
+            opts.extra,
         );
         let path = dir.path().join("geosteer.toml");
         std::fs::write(&path, config).expect("write config");

@@ -1,0 +1,761 @@
+//! Traffic profiles and the routing decision.
+//!
+//! A [`RoutingTable`] is an immutable snapshot of every profile (built by [`profile`] from the
+//! `zones/<zone>.toml` files); [`RoutingTable::select`] is the pure decision: given a profile,
+//! the client's location and a [`HealthSnapshot`], which records answer. It never fails and
+//! never waits; with `explain` it also records every term that led to the decision.
+//!
+//! Methods (Azure Traffic Manager's): `performance` (lowest estimated latency, see [`model`]),
+//! `priority`, `weighted`, `geographic`, `multivalue`, `subnet`; an endpoint may be another
+//! profile (nested, up to 10 deep).
+//!
+//! **Address families.** An A query is answered from endpoints that have an IPv4 target (or a
+//! hostname target, answered as CNAME; or a nested profile able to answer A); AAAA likewise
+//! with IPv6. An endpoint with only IPv6 targets is invisible to A queries, so A and AAAA may
+//! pick different regions when their endpoint sets differ. A CNAME query is answered only when
+//! the decision lands on a hostname endpoint.
+
+pub mod model;
+pub mod profile;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hickory_server::proto::rr::{Name, Record};
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::geo::GeoPoint;
+use crate::health::{HealthSnapshot, MonitorState};
+use crate::locate::{Code, Location};
+use model::{Estimate, Model};
+
+/// Traffic Manager's routing methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Lowest estimated latency to the client.
+    Performance,
+    /// Lowest priority number among healthy endpoints.
+    Priority,
+    /// Random by weight (or hashed by client subnet when sticky).
+    Weighted,
+    /// Geo codes map to endpoints; the most specific match wins.
+    Geographic,
+    /// Up to `max_answers` healthy endpoints at once.
+    Multivalue,
+    /// Client CIDR ranges map to endpoints; an endpoint without ranges is the fallback.
+    Subnet,
+}
+
+/// What an endpoint answers with.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A/AAAA records (owner and TTL are set when encoding).
+    Addrs {
+        /// IPv4 records.
+        a: Vec<Record>,
+        /// IPv6 records.
+        aaaa: Vec<Record>,
+    },
+    /// A CNAME to a hostname outside our control (boxed: records are large).
+    Cname(Box<Record>),
+    /// Another profile, by index.
+    Nested(usize),
+}
+
+/// A geographic code of the `geographic` method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GeoCode {
+    /// Everything (`WORLD`).
+    World,
+    /// A continent (`EU`, `NA`, …).
+    Continent(Code),
+    /// A country (`DE`).
+    Country(Code),
+    /// A first-level subdivision (`US-CA`).
+    Subdivision(Code, Code),
+}
+
+impl GeoCode {
+    /// How specific the code is (higher wins).
+    pub fn specificity(&self) -> u8 {
+        match self {
+            Self::World => 1,
+            Self::Continent(_) => 2,
+            Self::Country(_) => 3,
+            Self::Subdivision(..) => 4,
+        }
+    }
+
+    /// Whether a location falls under this code.
+    pub fn matches(&self, loc: &Location) -> bool {
+        match self {
+            Self::World => true,
+            Self::Continent(c) => loc.continent == Some(*c),
+            Self::Country(c) => loc.country == Some(*c),
+            Self::Subdivision(c, s) => loc.country == Some(*c) && loc.subdivision == Some(*s),
+        }
+    }
+}
+
+impl std::fmt::Display for GeoCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::World => f.write_str("WORLD"),
+            Self::Continent(c) | Self::Country(c) => write!(f, "{c}"),
+            Self::Subdivision(c, s) => write!(f, "{c}-{s}"),
+        }
+    }
+}
+
+/// One endpoint of a profile.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Stable key `owner/name` (health survives reloads by key).
+    pub key: Arc<str>,
+    /// Name within the profile.
+    pub name: String,
+    /// Answer records or nested profile.
+    pub target: Target,
+    /// Admin state: disabled endpoints are never served.
+    pub enabled: bool,
+    /// Catalogue region, if given.
+    pub region: Option<String>,
+    /// Location (from the region or explicit lat/lon).
+    pub point: Option<GeoPoint>,
+    /// `weighted`: 1..=1000.
+    pub weight: u32,
+    /// `priority`: 1..=1000, unique in the profile.
+    pub priority: u32,
+    /// `geographic`: codes this endpoint serves.
+    pub geo: Vec<GeoCode>,
+    /// `subnet`: client ranges; empty = fallback endpoint.
+    pub subnets: Vec<IpNet>,
+    /// Nested: healthy while at least this many children are served.
+    pub min_child: usize,
+    /// Nested: … and this many IPv4-capable children.
+    pub min_child_v4: usize,
+    /// Nested: … and this many IPv6-capable children.
+    pub min_child_v6: usize,
+}
+
+/// One traffic profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Owner name the profile answers at.
+    pub owner: Name,
+    /// Owner as lower-cased wire bytes.
+    pub owner_wire: Box<[u8]>,
+    /// Routing method.
+    pub method: Method,
+    /// Answer TTL.
+    pub ttl: u32,
+    /// `multivalue`: most endpoints per answer.
+    pub max_answers: usize,
+    /// `weighted`: hash by client subnet instead of random.
+    pub sticky: bool,
+    /// Endpoints in file order (ties go to the earlier one).
+    pub endpoints: Vec<Endpoint>,
+    /// Whether any endpoint (recursively) has IPv4 / IPv6 / hostname targets.
+    pub can_answer: [bool; 3],
+}
+
+/// Address family asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Family {
+    /// A.
+    V4,
+    /// AAAA.
+    V6,
+    /// CNAME (family-agnostic: only hostname endpoints answer).
+    Any,
+}
+
+impl Family {
+    fn index(self) -> usize {
+        match self {
+            Self::V4 => 0,
+            Self::V6 => 1,
+            Self::Any => 2,
+        }
+    }
+}
+
+/// Operator-measured RTTs that override the distance model.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    /// (client network, region, RTT ms), longest prefix first.
+    pub networks: Vec<(IpNet, String, f64)>,
+    /// (country, region) → RTT ms.
+    pub countries: HashMap<(Code, String), f64>,
+}
+
+impl Measured {
+    fn lookup(&self, loc: &Location, region: Option<&str>) -> Option<f64> {
+        let region = region?;
+        if let Some(addr) = loc.addr
+            && let Some((_, _, rtt)) = self
+                .networks
+                .iter()
+                .find(|(n, r, _)| r == region && n.contains(&addr))
+        {
+            return Some(*rtt);
+        }
+        let country = loc.country?;
+        self.countries.get(&(country, region.to_string())).copied()
+    }
+}
+
+/// What the client looks like to routing.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    /// Where the client is.
+    pub loc: Location,
+    /// ECS source prefix, if the query carried ECS (bounds the scope we may answer with).
+    pub ecs_source: Option<u8>,
+}
+
+impl Client {
+    /// The client network used for sticky hashing: /24 for IPv4, /56 for IPv6, the usual ECS
+    /// source prefixes, so all queries a resolver sends for one client network agree.
+    fn sticky_key(&self) -> u64 {
+        match self.loc.addr {
+            Some(IpAddr::V4(a)) => u64::from(u32::from(a) >> 8),
+            Some(IpAddr::V6(a)) => (u128::from(a) >> 72) as u64,
+            None => 0,
+        }
+    }
+}
+
+/// How widely the decision holds, before capping by the ECS source prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Scope {
+    /// The same for every client.
+    Global,
+    /// The same throughout the client's GeoIP network.
+    GeoNetwork,
+    /// Holds for this many leading bits of the client address.
+    Prefix(u8),
+    /// Holds only for the exact client subnet given.
+    Source,
+}
+
+/// The decision.
+#[derive(Debug, Clone, Default)]
+pub struct Selection<'t> {
+    /// Records to answer with (A, AAAA or one CNAME).
+    pub records: Vec<&'t Record>,
+    /// Endpoints chosen, outermost first.
+    pub chosen: Vec<&'t str>,
+    /// TTL to answer with.
+    pub ttl: u32,
+    /// ECS scope prefix to answer with (0 when no ECS was sent).
+    pub scope: u8,
+    /// Some level served degraded endpoints because all were degraded.
+    pub failed_open: bool,
+}
+
+/// One endpoint line of an explanation.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainEndpoint {
+    /// Endpoint name.
+    pub name: String,
+    /// Region, if any.
+    pub region: Option<String>,
+    /// Monitor state (nested endpoints: derived from their children).
+    pub state: MonitorState,
+    /// Whether it was a candidate (eligible for the family and served).
+    pub candidate: bool,
+    /// Smoothed probe RTT.
+    pub rtt_ms: Option<f64>,
+    /// Latency estimate terms (performance).
+    pub estimate: Option<Estimate>,
+    /// Weight, priority, geo codes or subnets, as relevant to the method.
+    pub detail: String,
+}
+
+/// One profile level of an explanation.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainLevel {
+    /// Profile owner.
+    pub profile: String,
+    /// Method.
+    pub method: Method,
+    /// Every endpoint with its terms.
+    pub endpoints: Vec<ExplainEndpoint>,
+    /// All were degraded and were served anyway.
+    pub failed_open: bool,
+    /// What was decided and why.
+    pub decision: String,
+}
+
+/// The trace `explain` prints.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Explain {
+    /// One entry per profile level visited.
+    pub levels: Vec<ExplainLevel>,
+}
+
+/// All profiles, immutable once built.
+#[derive(Debug, Clone, Default)]
+pub struct RoutingTable {
+    /// Profiles; nested references are indices into this.
+    pub profiles: Vec<Profile>,
+    by_owner: HashMap<Box<[u8]>, usize>,
+    /// The latency model.
+    pub model: Model,
+    /// Operator-measured RTTs.
+    pub measured: Measured,
+    /// Whether some geographic profile uses subdivision codes (costs an extra GeoIP decode).
+    pub wants_subdivision: bool,
+}
+
+/// Deepest nesting of profiles (Traffic Manager allows 10 levels).
+pub const MAX_DEPTH: usize = 10;
+
+impl RoutingTable {
+    /// The profile answering at a lower-cased wire name.
+    pub fn profile_at(&self, owner_wire: &[u8]) -> Option<usize> {
+        self.by_owner.get(owner_wire).copied()
+    }
+
+    /// Number of profiles.
+    pub fn len(&self) -> usize {
+        self.profiles.len()
+    }
+
+    /// Whether there are no profiles.
+    pub fn is_empty(&self) -> bool {
+        self.profiles.is_empty()
+    }
+
+    /// Decides the answer for `client` at profile `p`.
+    pub fn select<'t>(
+        &'t self,
+        p: usize,
+        family: Family,
+        client: &Client,
+        health: &HealthSnapshot,
+        mut explain: Option<&mut Explain>,
+    ) -> Selection<'t> {
+        let mut sel = Selection {
+            ttl: self.profiles[p].ttl,
+            ..Default::default()
+        };
+        let mut scope = Scope::Global;
+        self.select_into(
+            p,
+            family,
+            client,
+            health,
+            &mut sel,
+            &mut scope,
+            &mut explain,
+            0,
+        );
+        sel.scope = match client.ecs_source {
+            None | Some(0) => 0,
+            Some(src) => match scope {
+                Scope::Global => 0,
+                Scope::GeoNetwork => client.loc.prefix_len.min(src),
+                Scope::Prefix(n) => n.min(src),
+                Scope::Source => src,
+            },
+        };
+        sel
+    }
+
+    /// Monitor state of an endpoint as routing sees it.
+    fn state(&self, ep: &Endpoint, health: &HealthSnapshot, depth: usize) -> MonitorState {
+        if !ep.enabled {
+            return MonitorState::Disabled;
+        }
+        match &ep.target {
+            Target::Nested(c) => {
+                if depth >= MAX_DEPTH {
+                    return MonitorState::Degraded;
+                }
+                let child = &self.profiles[*c];
+                let (mut all, mut v4, mut v6) = (0, 0, 0);
+                for e in &child.endpoints {
+                    if self.state(e, health, depth + 1).serves() {
+                        all += 1;
+                        v4 += usize::from(self.eligible(e, Family::V4));
+                        v6 += usize::from(self.eligible(e, Family::V6));
+                    }
+                }
+                if all >= ep.min_child && v4 >= ep.min_child_v4 && v6 >= ep.min_child_v6 {
+                    MonitorState::Online
+                } else {
+                    MonitorState::Degraded
+                }
+            }
+            _ => health.get(&ep.key).state,
+        }
+    }
+
+    fn eligible(&self, ep: &Endpoint, family: Family) -> bool {
+        match (&ep.target, family) {
+            (Target::Addrs { a, .. }, Family::V4) => !a.is_empty(),
+            (Target::Addrs { aaaa, .. }, Family::V6) => !aaaa.is_empty(),
+            (Target::Addrs { .. }, Family::Any) => false,
+            (Target::Cname(_), _) => true,
+            (Target::Nested(c), f) => self.profiles[*c].can_answer[f.index()],
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn select_into<'t>(
+        &'t self,
+        p: usize,
+        family: Family,
+        client: &Client,
+        health: &HealthSnapshot,
+        sel: &mut Selection<'t>,
+        scope: &mut Scope,
+        explain: &mut Option<&mut Explain>,
+        depth: usize,
+    ) {
+        let profile = &self.profiles[p];
+        // Candidates: eligible for the family and served. If none is served but some are
+        // enabled, serve those anyway (Traffic Manager's and gdnsd's fail-open): answering with
+        // a possibly-down region beats answering with nothing.
+        let states: Vec<MonitorState> = profile
+            .endpoints
+            .iter()
+            .map(|e| self.state(e, health, depth))
+            .collect();
+        let eligible = |i: usize| self.eligible(&profile.endpoints[i], family);
+        let mut cands: Vec<usize> = (0..profile.endpoints.len())
+            .filter(|&i| eligible(i) && states[i].serves())
+            .collect();
+        let mut failed_open = false;
+        if cands.is_empty() {
+            cands = (0..profile.endpoints.len())
+                .filter(|&i| eligible(i) && states[i] == MonitorState::Degraded)
+                .collect();
+            failed_open = !cands.is_empty();
+        }
+        sel.failed_open |= failed_open;
+
+        let mut estimates: Vec<Option<Estimate>> = vec![None; profile.endpoints.len()];
+        let (picked, decision, level_scope) =
+            self.pick(profile, &cands, client, health, &mut estimates);
+        *scope = widest(*scope, level_scope);
+
+        if let Some(x) = explain.as_deref_mut() {
+            x.levels.push(ExplainLevel {
+                profile: profile.owner.to_string(),
+                method: profile.method,
+                endpoints: profile
+                    .endpoints
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| ExplainEndpoint {
+                        name: e.name.clone(),
+                        region: e.region.clone(),
+                        state: states[i],
+                        candidate: cands.contains(&i),
+                        rtt_ms: health.get(&e.key).rtt_ms,
+                        estimate: estimates[i],
+                        detail: detail(profile.method, e),
+                    })
+                    .collect(),
+                failed_open,
+                decision: decision(),
+            });
+        }
+
+        for i in picked {
+            let ep = &profile.endpoints[i];
+            sel.chosen.push(&ep.key);
+            match &ep.target {
+                Target::Addrs { a, aaaa } => match family {
+                    Family::V4 => sel.records.extend(a.iter()),
+                    Family::V6 => sel.records.extend(aaaa.iter()),
+                    Family::Any => {}
+                },
+                Target::Cname(r) => sel.records.push(r),
+                Target::Nested(c) if depth + 1 < MAX_DEPTH => {
+                    self.select_into(*c, family, client, health, sel, scope, explain, depth + 1);
+                }
+                Target::Nested(_) => {}
+            }
+        }
+    }
+
+    /// Applies the method to the candidates. Returns the chosen endpoint indices, a lazily
+    /// formatted decision text, and how widely the decision holds.
+    fn pick<'a>(
+        &'a self,
+        profile: &'a Profile,
+        cands: &'a [usize],
+        client: &'a Client,
+        health: &'a HealthSnapshot,
+        estimates: &mut [Option<Estimate>],
+    ) -> (Vec<usize>, Box<dyn Fn() -> String + 'a>, Scope) {
+        let eps = &profile.endpoints;
+        if cands.is_empty() {
+            return (
+                Vec::new(),
+                Box::new(|| "no candidate: empty answer".into()),
+                Scope::Global,
+            );
+        }
+        match profile.method {
+            Method::Performance => {
+                let mut best: Option<(usize, f64)> = None;
+                for &i in cands {
+                    let h = health.get(&eps[i].key);
+                    let measured = self.measured.lookup(&client.loc, eps[i].region.as_deref());
+                    let e = self
+                        .model
+                        .estimate(client.loc.point, eps[i].point, h.rtt_ms, measured);
+                    estimates[i] = Some(e);
+                    if let Some(t) = e.total_ms
+                        && best.is_none_or(|(_, b)| t < b)
+                    {
+                        best = Some((i, t));
+                    }
+                }
+                let scope = if self.measured.networks.is_empty() {
+                    Scope::GeoNetwork
+                } else {
+                    Scope::Source
+                };
+                if let Some((i, t)) = best {
+                    let name = &eps[i].name;
+                    return (
+                        vec![i],
+                        Box::new(move || format!("{name}: lowest estimate {t:.1} ms")),
+                        scope,
+                    );
+                }
+                // Unknown location: lowest probe RTT, then profile order.
+                let i = cands
+                    .iter()
+                    .copied()
+                    .min_by(|&a, &b| {
+                        let ra = health.get(&eps[a].key).rtt_ms.unwrap_or(f64::INFINITY);
+                        let rb = health.get(&eps[b].key).rtt_ms.unwrap_or(f64::INFINITY);
+                        ra.total_cmp(&rb).then(a.cmp(&b))
+                    })
+                    .unwrap_or(cands[0]);
+                let name = &eps[i].name;
+                (
+                    vec![i],
+                    Box::new(move || {
+                        format!(
+                            "{name}: client location unknown; lowest probe RTT, then profile order"
+                        )
+                    }),
+                    scope,
+                )
+            }
+            Method::Priority => {
+                let i = cands
+                    .iter()
+                    .copied()
+                    .min_by_key(|&i| (eps[i].priority, i))
+                    .unwrap_or(cands[0]);
+                let (name, prio) = (&eps[i].name, eps[i].priority);
+                (
+                    vec![i],
+                    Box::new(move || format!("{name}: lowest priority {prio} among served")),
+                    Scope::Global,
+                )
+            }
+            Method::Weighted => {
+                let total: u64 = cands.iter().map(|&i| u64::from(eps[i].weight)).sum();
+                let (roll, scope) = if profile.sticky {
+                    let h = mix(client.sticky_key() ^ fnv(&profile.owner_wire));
+                    let bits = if client.loc.addr.is_some_and(|a| a.is_ipv4()) {
+                        24
+                    } else {
+                        56
+                    };
+                    (h % total.max(1), Scope::Prefix(bits))
+                } else {
+                    (fastrand::u64(0..total.max(1)), Scope::Global)
+                };
+                let mut acc = 0;
+                let mut chosen = cands[0];
+                for &i in cands {
+                    acc += u64::from(eps[i].weight);
+                    if roll < acc {
+                        chosen = i;
+                        break;
+                    }
+                }
+                let (name, w, sticky) = (&eps[chosen].name, eps[chosen].weight, profile.sticky);
+                (
+                    vec![chosen],
+                    Box::new(move || {
+                        format!(
+                            "{name}: weight {w} of {total}{}",
+                            if sticky {
+                                ", hashed by client subnet"
+                            } else {
+                                ", random"
+                            }
+                        )
+                    }),
+                    scope,
+                )
+            }
+            Method::Geographic => {
+                let best = cands
+                    .iter()
+                    .filter_map(|&i| {
+                        eps[i]
+                            .geo
+                            .iter()
+                            .filter(|g| g.matches(&client.loc))
+                            .max_by_key(|g| g.specificity())
+                            .map(|g| (i, *g))
+                    })
+                    .max_by_key(|(i, g)| (g.specificity(), std::cmp::Reverse(*i)));
+                match best {
+                    Some((i, g)) => {
+                        let name = &eps[i].name;
+                        (
+                            vec![i],
+                            Box::new(move || format!("{name}: most specific match {g}")),
+                            Scope::GeoNetwork,
+                        )
+                    }
+                    None => (
+                        Vec::new(),
+                        Box::new(|| {
+                            "no served endpoint maps the client's location: empty answer".into()
+                        }),
+                        Scope::GeoNetwork,
+                    ),
+                }
+            }
+            Method::Multivalue => {
+                let picked: Vec<usize> = cands.iter().copied().take(profile.max_answers).collect();
+                let n = picked.len();
+                let max = profile.max_answers;
+                (
+                    picked,
+                    Box::new(move || format!("{n} served endpoint(s), at most {max}")),
+                    Scope::Global,
+                )
+            }
+            Method::Subnet => {
+                let addr = client.loc.addr;
+                let matched = cands
+                    .iter()
+                    .filter_map(|&i| {
+                        eps[i]
+                            .subnets
+                            .iter()
+                            .filter(|n| addr.is_some_and(|a| n.contains(&a)))
+                            .map(|n| n.prefix_len())
+                            .max()
+                            .map(|len| (i, len))
+                    })
+                    .max_by_key(|(i, len)| (*len, std::cmp::Reverse(*i)));
+                if let Some((i, len)) = matched {
+                    let name = &eps[i].name;
+                    return (
+                        vec![i],
+                        Box::new(move || format!("{name}: client in its /{len} range")),
+                        Scope::Source,
+                    );
+                }
+                match cands.iter().copied().find(|&i| eps[i].subnets.is_empty()) {
+                    Some(i) => {
+                        let name = &eps[i].name;
+                        (
+                            vec![i],
+                            Box::new(move || {
+                                format!("{name}: no range matched; fallback endpoint")
+                            }),
+                            Scope::Source,
+                        )
+                    }
+                    None => (
+                        Vec::new(),
+                        Box::new(|| "no range matched and no fallback: empty answer".into()),
+                        Scope::Source,
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn widest(a: Scope, b: Scope) -> Scope {
+    // "Widest" dependence = the one that needs the longest prefix.
+    fn rank(s: Scope) -> (u8, u8) {
+        match s {
+            Scope::Global => (0, 0),
+            Scope::Prefix(n) => (1, n),
+            Scope::GeoNetwork => (2, 0),
+            Scope::Source => (3, 0),
+        }
+    }
+    if rank(b) > rank(a) { b } else { a }
+}
+
+fn detail(method: Method, e: &Endpoint) -> String {
+    match method {
+        Method::Weighted => format!("weight {}", e.weight),
+        Method::Priority => format!("priority {}", e.priority),
+        Method::Geographic => e
+            .geo
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        Method::Subnet if e.subnets.is_empty() => "fallback".into(),
+        Method::Subnet => e
+            .subnets
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        Method::Performance | Method::Multivalue => String::new(),
+    }
+}
+
+/// FNV-1a, to mix the profile into sticky hashes (different profiles spread differently).
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// SplitMix64 finaliser: spreads neighbouring subnets over the whole range.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl RoutingTable {
+    /// Builds a table (used by the loader).
+    pub fn new(profiles: Vec<Profile>, model: Model, measured: Measured) -> Self {
+        let by_owner = profiles
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.owner_wire.clone(), i))
+            .collect();
+        let wants_subdivision = profiles.iter().any(|p| {
+            p.endpoints
+                .iter()
+                .any(|e| e.geo.iter().any(|g| matches!(g, GeoCode::Subdivision(..))))
+        });
+        Self {
+            profiles,
+            by_owner,
+            model,
+            measured,
+            wants_subdivision,
+        }
+    }
+}

@@ -1,0 +1,696 @@
+//! Loading traffic profiles from `zones/<zone>.toml`, beside the zone file they belong to.
+//!
+//! Strict on purpose: unknown fields, settings that the profile's method does not use, duplicate
+//! priorities or geo codes, unknown regions, nested cycles — each is an error naming file, line
+//! and field. A profile that loads is one whose every endpoint can be reasoned about.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME};
+use hickory_server::proto::rr::{Name, RData, Record};
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Endpoint, GeoCode, MAX_DEPTH, Method, Profile, Target};
+use crate::config::{ConfigError, ConfigErrors, line_of_offset};
+use crate::geo::{Catalogue, GeoPoint};
+use crate::locate::Code;
+use crate::zone::{Zone, wire_is_subdomain, wire_lower};
+
+/// Default answer TTL: short enough that a failover reaches resolvers within half a minute.
+const DEFAULT_TTL: u32 = 30;
+/// Traffic Manager's ceiling for multivalue answers is 8; we allow 10 (fits 512 bytes as A).
+const MAX_MULTIVALUE: usize = 10;
+/// Continent codes as MaxMind reports them.
+const CONTINENTS: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    profile: Vec<Spanned<RawProfile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    name: String,
+    method: Method,
+    ttl: Option<u32>,
+    max_answers: Option<usize>,
+    sticky: Option<bool>,
+    #[serde(default)]
+    endpoint: Vec<Spanned<RawEndpoint>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    name: String,
+    #[serde(default)]
+    targets: Vec<String>,
+    profile: Option<String>,
+    enabled: Option<bool>,
+    region: Option<String>,
+    lat: Option<f64>,
+    lon: Option<f64>,
+    weight: Option<u32>,
+    priority: Option<u32>,
+    geo: Option<Vec<String>>,
+    subnets: Option<Vec<String>>,
+    min_child_endpoints: Option<usize>,
+    min_child_endpoints_ipv4: Option<usize>,
+    min_child_endpoints_ipv6: Option<usize>,
+}
+
+/// Where in the file an error is.
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    /// Line of `key =` inside the span, else the span's first line.
+    fn line(&self, span: &std::ops::Range<usize>, key: &str) -> usize {
+        let body = self.text.get(span.clone()).unwrap_or("");
+        let mut offset = span.start;
+        for l in body.split_inclusive('\n') {
+            let t = l.trim_start();
+            if let Some(rest) = t.strip_prefix(key)
+                && rest.trim_start().starts_with('=')
+            {
+                return line_of_offset(self.text, offset);
+            }
+            offset += l.len();
+        }
+        line_of_offset(self.text, span.start)
+    }
+
+    fn err(
+        &mut self,
+        span: &std::ops::Range<usize>,
+        key: &str,
+        field: String,
+        msg: impl Into<String>,
+    ) {
+        let line = self.line(span, key);
+        self.errors
+            .push(ConfigError::new(self.file, line, field, msg));
+    }
+}
+
+/// Loads the profiles of one zone. `first_index` is the global index the first profile gets,
+/// so nested references can point across the whole table.
+pub fn load_profiles(
+    zone: &Zone,
+    file: &Path,
+    text: &str,
+    catalogue: &Catalogue,
+    first_index: usize,
+) -> Result<Vec<Profile>, ConfigErrors> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
+    let mut cx = Ctx {
+        file,
+        text,
+        errors: Vec::new(),
+    };
+    // Names first, so nested references resolve regardless of order.
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (i, p) in raw.profile.iter().enumerate() {
+        let span = p.span();
+        let name = p.get_ref().name.to_ascii_lowercase();
+        if index.insert(name.clone(), i).is_some() {
+            cx.err(
+                &span,
+                "name",
+                format!("profile[{name}].name"),
+                "duplicate profile name",
+            );
+        }
+    }
+    let mut profiles = Vec::with_capacity(raw.profile.len());
+    let mut nested_refs: Vec<(usize, usize, std::ops::Range<usize>)> = Vec::new();
+    for (pi, sp) in raw.profile.iter().enumerate() {
+        let span = sp.span();
+        let p = sp.get_ref();
+        let pname = p.name.to_ascii_lowercase();
+        let field = |f: &str| format!("profile[{pname}].{f}");
+        let owner = match Name::from_ascii(&p.name).and_then(|n| n.append_domain(&zone.origin)) {
+            Ok(n) if !p.name.is_empty() && p.name != "@" && !p.name.ends_with('.') => n,
+            _ => {
+                cx.err(
+                    &span,
+                    "name",
+                    field("name"),
+                    format!(
+                        "{:?} is not a name relative to the zone {}",
+                        p.name, zone.origin
+                    ),
+                );
+                continue;
+            }
+        };
+        let owner_wire = wire_lower(&owner);
+        if !wire_is_subdomain(&owner_wire, &zone.origin_wire) {
+            cx.err(&span, "name", field("name"), "not inside the zone");
+            continue;
+        }
+        if zone
+            .nodes
+            .get(&owner_wire)
+            .is_some_and(|n| !n.rrsets.is_empty())
+        {
+            cx.err(
+                &span,
+                "name",
+                field("name"),
+                format!(
+                    "{owner} also has static records in {}; a name is either static or steered",
+                    zone.file.display()
+                ),
+            );
+        }
+        if zone.has_cuts {
+            let mut off = 0;
+            while off < owner_wire.len() && owner_wire[off] != 0 {
+                if zone.nodes.get(&owner_wire[off..]).is_some_and(|n| n.cut) {
+                    cx.err(
+                        &span,
+                        "name",
+                        field("name"),
+                        "below a delegation (zone cut)",
+                    );
+                    break;
+                }
+                off += 1 + usize::from(owner_wire[off]);
+            }
+        }
+        let ttl = p.ttl.unwrap_or(DEFAULT_TTL);
+        if ttl > i32::MAX as u32 {
+            cx.err(&span, "ttl", field("ttl"), "TTL above 2^31-1 (RFC 2181 §8)");
+        }
+        let max_answers = match (p.method, p.max_answers) {
+            (Method::Multivalue, Some(n)) if (1..=MAX_MULTIVALUE).contains(&n) => n,
+            (Method::Multivalue, Some(n)) => {
+                cx.err(
+                    &span,
+                    "max_answers",
+                    field("max_answers"),
+                    format!("{n} is outside 1..={MAX_MULTIVALUE}"),
+                );
+                1
+            }
+            (Method::Multivalue, None) => 3,
+            (_, Some(_)) => {
+                cx.err(
+                    &span,
+                    "max_answers",
+                    field("max_answers"),
+                    "only used by method multivalue",
+                );
+                1
+            }
+            (_, None) => 1,
+        };
+        if p.sticky.is_some() && p.method != Method::Weighted {
+            cx.err(
+                &span,
+                "sticky",
+                field("sticky"),
+                "only used by method weighted",
+            );
+        }
+        if p.endpoint.is_empty() {
+            cx.err(
+                &span,
+                "name",
+                field("endpoint"),
+                "a profile needs at least one endpoint",
+            );
+        }
+        let mut endpoints = Vec::new();
+        let mut seen_names = HashSet::new();
+        let mut seen_prio = HashMap::new();
+        let mut seen_geo: HashMap<GeoCode, String> = HashMap::new();
+        let mut seen_nets: HashMap<IpNet, String> = HashMap::new();
+        let mut fallbacks = 0;
+        for (ei, se) in p.endpoint.iter().enumerate() {
+            let es = se.span();
+            let e = se.get_ref();
+            let ef = |f: &str| format!("profile[{pname}].endpoint[{}].{f}", e.name);
+            if !seen_names.insert(e.name.clone()) {
+                cx.err(
+                    &es,
+                    "name",
+                    ef("name"),
+                    "duplicate endpoint name in this profile",
+                );
+            }
+            // Target: addresses, one hostname, or a nested profile.
+            let target = match (&e.profile, e.targets.is_empty()) {
+                (Some(_), false) => {
+                    cx.err(
+                        &es,
+                        "targets",
+                        ef("targets"),
+                        "give targets or profile, not both",
+                    );
+                    continue;
+                }
+                (None, true) => {
+                    cx.err(
+                        &es,
+                        "name",
+                        ef("targets"),
+                        "no targets (IP addresses or one hostname) and no nested profile",
+                    );
+                    continue;
+                }
+                (Some(child), true) => match index.get(&child.to_ascii_lowercase()) {
+                    Some(&ci) => {
+                        nested_refs.push((pi, ci, es.clone()));
+                        Target::Nested(first_index + ci)
+                    }
+                    None => {
+                        cx.err(
+                            &es,
+                            "profile",
+                            ef("profile"),
+                            format!("no profile named {child:?} in this file"),
+                        );
+                        continue;
+                    }
+                },
+                (None, false) => match parse_targets(&e.targets) {
+                    Ok(t) => t,
+                    Err(msg) => {
+                        cx.err(&es, "targets", ef("targets"), msg);
+                        continue;
+                    }
+                },
+            };
+            if p.method == Method::Multivalue && !matches!(target, Target::Addrs { .. }) {
+                cx.err(
+                    &es,
+                    "targets",
+                    ef("targets"),
+                    "multivalue endpoints must be IP addresses",
+                );
+            }
+            // Location.
+            let (region, point) = match (&e.region, e.lat, e.lon) {
+                (Some(r), None, None) => match catalogue.get(r) {
+                    Some(reg) => (Some(r.clone()), Some(reg.point())),
+                    None => {
+                        cx.err(&es, "region", ef("region"), format!("unknown region {r:?} (see geo/regions.toml; names are provider:region)"));
+                        (None, None)
+                    }
+                },
+                (None, Some(lat), Some(lon)) => {
+                    let p = GeoPoint { lat, lon };
+                    if !p.is_valid() {
+                        cx.err(
+                            &es,
+                            "lat",
+                            ef("lat"),
+                            "latitude must be in -90..=90 and longitude in -180..=180",
+                        );
+                    }
+                    (None, Some(p))
+                }
+                (None, None, None) => (None, None),
+                (Some(_), _, _) => {
+                    cx.err(
+                        &es,
+                        "region",
+                        ef("region"),
+                        "give region or lat/lon, not both",
+                    );
+                    (None, None)
+                }
+                _ => {
+                    cx.err(&es, "lat", ef("lat"), "lat and lon go together");
+                    (None, None)
+                }
+            };
+            if p.method == Method::Performance
+                && point.is_none()
+                && !cx.errors.iter().any(|x| x.field == ef("region"))
+            {
+                cx.err(
+                    &es,
+                    "name",
+                    ef("region"),
+                    "performance routing needs a location: region = \"provider:region\" or lat/lon",
+                );
+            }
+            // Method-specific settings; a setting the method ignores is a mistake worth naming.
+            let uses = |m: Method| p.method == m;
+            let weight = match e.weight {
+                Some(w) if !uses(Method::Weighted) => {
+                    let _ = w;
+                    cx.err(&es, "weight", ef("weight"), "only used by method weighted");
+                    1
+                }
+                Some(w) if !(1..=1000).contains(&w) => {
+                    cx.err(
+                        &es,
+                        "weight",
+                        ef("weight"),
+                        format!("{w} is outside 1..=1000"),
+                    );
+                    1
+                }
+                Some(w) => w,
+                None => 1,
+            };
+            let priority = match e.priority {
+                Some(_) if !uses(Method::Priority) => {
+                    cx.err(
+                        &es,
+                        "priority",
+                        ef("priority"),
+                        "only used by method priority",
+                    );
+                    0
+                }
+                Some(v) if !(1..=1000).contains(&v) => {
+                    cx.err(
+                        &es,
+                        "priority",
+                        ef("priority"),
+                        format!("{v} is outside 1..=1000"),
+                    );
+                    0
+                }
+                Some(v) => v,
+                // Traffic Manager numbers endpoints in order when no priority is given.
+                None => ei as u32 + 1,
+            };
+            if uses(Method::Priority)
+                && let Some(other) = seen_prio.insert(priority, e.name.clone())
+            {
+                cx.err(
+                    &es,
+                    "priority",
+                    ef("priority"),
+                    format!("priority {priority} is also endpoint {other:?}'s"),
+                );
+            }
+            let mut geo = Vec::new();
+            match (&e.geo, uses(Method::Geographic)) {
+                (Some(_), false) => cx.err(&es, "geo", ef("geo"), "only used by method geographic"),
+                (None, true) => cx.err(
+                    &es,
+                    "name",
+                    ef("geo"),
+                    "geographic endpoints need geo codes",
+                ),
+                (Some(codes), true) => {
+                    for c in codes {
+                        match parse_geo(c) {
+                            Some(g) => {
+                                if let Some(other) = seen_geo.insert(g, e.name.clone()) {
+                                    cx.err(&es, "geo", ef("geo"), format!("{c} is already mapped to endpoint {other:?}"));
+                                }
+                                geo.push(g);
+                            }
+                            None => cx.err(&es, "geo", ef("geo"), format!("{c:?} is not a geo code (WORLD, a continent AF AN AS EU NA OC SA, a country like DE, or a subdivision like US-CA)")),
+                        }
+                    }
+                }
+                (None, false) => {}
+            }
+            let mut subnets = Vec::new();
+            match (&e.subnets, uses(Method::Subnet)) {
+                (Some(_), false) => {
+                    cx.err(&es, "subnets", ef("subnets"), "only used by method subnet")
+                }
+                (Some(list), true) if !list.is_empty() => {
+                    for s in list {
+                        match s.parse::<IpNet>() {
+                            Ok(n) if n.trunc() == n => {
+                                if let Some(other) = seen_nets.insert(n, e.name.clone()) {
+                                    cx.err(
+                                        &es,
+                                        "subnets",
+                                        ef("subnets"),
+                                        format!("{n} is already mapped to endpoint {other:?}"),
+                                    );
+                                }
+                                subnets.push(n);
+                            }
+                            Ok(n) => cx.err(
+                                &es,
+                                "subnets",
+                                ef("subnets"),
+                                format!("{s} has host bits set (did you mean {}?)", n.trunc()),
+                            ),
+                            Err(_) => cx.err(
+                                &es,
+                                "subnets",
+                                ef("subnets"),
+                                format!("{s:?} is not a CIDR range"),
+                            ),
+                        }
+                    }
+                }
+                (_, true) => fallbacks += 1,
+                (None, false) => {}
+            }
+            if uses(Method::Subnet) && fallbacks > 1 {
+                cx.err(
+                    &es,
+                    "name",
+                    ef("subnets"),
+                    "more than one fallback endpoint (an endpoint without subnets)",
+                );
+            }
+            let is_nested = matches!(target, Target::Nested(_));
+            for (key, v) in [
+                ("min_child_endpoints", e.min_child_endpoints),
+                ("min_child_endpoints_ipv4", e.min_child_endpoints_ipv4),
+                ("min_child_endpoints_ipv6", e.min_child_endpoints_ipv6),
+            ] {
+                if v.is_some() && !is_nested {
+                    cx.err(&es, key, ef(key), "only used by nested-profile endpoints");
+                }
+            }
+            endpoints.push(Endpoint {
+                key: Arc::from(format!("{owner}/{}", e.name)),
+                name: e.name.clone(),
+                target,
+                enabled: e.enabled.unwrap_or(true),
+                region,
+                point,
+                weight,
+                priority,
+                geo,
+                subnets,
+                min_child: e.min_child_endpoints.unwrap_or(1),
+                min_child_v4: e.min_child_endpoints_ipv4.unwrap_or(0),
+                min_child_v6: e.min_child_endpoints_ipv6.unwrap_or(0),
+            });
+        }
+        profiles.push(Profile {
+            owner,
+            owner_wire,
+            method: p.method,
+            ttl,
+            max_answers,
+            sticky: p.sticky.unwrap_or(false),
+            endpoints,
+            can_answer: [false; 3],
+        });
+    }
+    // Nested references: no cycles, depth ≤ MAX_DEPTH.
+    let n = raw.profile.len();
+    let children: Vec<Vec<usize>> = (0..n)
+        .map(|i| {
+            nested_refs
+                .iter()
+                .filter(|r| r.0 == i)
+                .map(|r| r.1)
+                .collect()
+        })
+        .collect();
+    for (parent, child, span) in &nested_refs {
+        if depth_from(*child, &children, 0).is_none_or(|d| d + 1 >= MAX_DEPTH)
+            || reaches(*child, *parent, &children)
+        {
+            let pname = raw.profile[*parent].get_ref().name.to_ascii_lowercase();
+            let cname = raw.profile[*child].get_ref().name.to_ascii_lowercase();
+            cx.err(
+                span,
+                "profile",
+                format!("profile[{pname}].endpoint.profile"),
+                format!(
+                    "nesting {cname:?} here makes a cycle or nests deeper than {MAX_DEPTH} levels"
+                ),
+            );
+        }
+    }
+    if !cx.errors.is_empty() {
+        return Err(ConfigErrors(cx.errors));
+    }
+    Ok(profiles)
+}
+
+/// Longest chain of nested profiles below `p`; `None` if a cycle is found.
+fn depth_from(p: usize, children: &[Vec<usize>], depth: usize) -> Option<usize> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let mut max = 0;
+    for &c in &children[p] {
+        max = max.max(1 + depth_from(c, children, depth + 1)?);
+    }
+    Some(max)
+}
+
+/// Whether `target` is reachable from `from` through nested references.
+fn reaches(from: usize, target: usize, children: &[Vec<usize>]) -> bool {
+    let mut stack = vec![from];
+    let mut seen = HashSet::new();
+    while let Some(p) = stack.pop() {
+        if p == target {
+            return true;
+        }
+        if seen.insert(p) {
+            stack.extend(&children[p]);
+        }
+    }
+    false
+}
+
+/// Addresses (any mix of IPv4 and IPv6) or exactly one hostname.
+fn parse_targets(targets: &[String]) -> Result<Target, String> {
+    let mut a = Vec::new();
+    let mut aaaa = Vec::new();
+    let mut host = None;
+    for t in targets {
+        match t.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => a.push(Record::from_rdata(Name::root(), 0, RData::A(A(v4)))),
+            Ok(IpAddr::V6(v6)) => {
+                aaaa.push(Record::from_rdata(Name::root(), 0, RData::AAAA(AAAA(v6))))
+            }
+            Err(_) => {
+                let mut name = Name::from_ascii(t)
+                    .map_err(|e| format!("{t:?} is neither an IP address nor a hostname: {e}"))?;
+                name.set_fqdn(true);
+                if host.replace(name).is_some() {
+                    return Err("at most one hostname target (it is answered as a CNAME)".into());
+                }
+            }
+        }
+    }
+    match host {
+        Some(_) if !a.is_empty() || !aaaa.is_empty() => {
+            Err("a hostname target cannot be mixed with IP addresses".into())
+        }
+        Some(h) => Ok(Target::Cname(Box::new(Record::from_rdata(
+            Name::root(),
+            0,
+            RData::CNAME(CNAME(h)),
+        )))),
+        None => Ok(Target::Addrs { a, aaaa }),
+    }
+}
+
+/// Parses a geo code: WORLD, a continent, a country, or CC-SUB; `country:XX` disambiguates a
+/// country whose code is also a continent's (AS is Asia; `country:AS` is American Samoa).
+fn parse_geo(s: &str) -> Option<GeoCode> {
+    let u = s.trim().to_ascii_uppercase();
+    if u == "WORLD" {
+        return Some(GeoCode::World);
+    }
+    if let Some(c) = u.strip_prefix("COUNTRY:") {
+        return (c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()))
+            .then(|| Code::new(c).map(GeoCode::Country))
+            .flatten();
+    }
+    if let Some(c) = u.strip_prefix("CONTINENT:") {
+        return CONTINENTS
+            .contains(&c)
+            .then(|| Code::new(c).map(GeoCode::Continent))
+            .flatten();
+    }
+    if let Some((c, sub)) = u.split_once('-') {
+        let ok = c.len() == 2
+            && c.bytes().all(|b| b.is_ascii_alphabetic())
+            && (1..=3).contains(&sub.len());
+        return ok
+            .then(|| Some(GeoCode::Subdivision(Code::new(c)?, Code::new(sub)?)))
+            .flatten();
+    }
+    if u.len() == 2 && u.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Code::new(&u).map(|c| {
+            if CONTINENTS.contains(&u.as_str()) {
+                GeoCode::Continent(c)
+            } else {
+                GeoCode::Country(c)
+            }
+        });
+    }
+    None
+}
+
+/// Fills each profile's `can_answer` (IPv4, IPv6, hostname) through nested references.
+pub fn compute_capabilities(profiles: &mut [Profile]) {
+    for _ in 0..=MAX_DEPTH {
+        let snapshot: Vec<[bool; 3]> = profiles.iter().map(|p| p.can_answer).collect();
+        for p in profiles.iter_mut() {
+            let mut can = [false; 3];
+            for e in &p.endpoints {
+                match &e.target {
+                    Target::Addrs { a, aaaa } => {
+                        can[0] |= !a.is_empty();
+                        can[1] |= !aaaa.is_empty();
+                    }
+                    Target::Cname(_) => can = [true; 3],
+                    Target::Nested(c) => {
+                        for (k, v) in can.iter_mut().enumerate() {
+                            *v |= snapshot.get(*c).is_some_and(|s| s[k]);
+                        }
+                    }
+                }
+            }
+            p.can_answer = can;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geo_codes_parse() {
+        assert_eq!(parse_geo("world"), Some(GeoCode::World));
+        assert!(matches!(parse_geo("EU"), Some(GeoCode::Continent(_))));
+        assert!(matches!(parse_geo("de"), Some(GeoCode::Country(_))));
+        assert!(matches!(parse_geo("country:AS"), Some(GeoCode::Country(_))));
+        assert!(matches!(parse_geo("US-CA"), Some(GeoCode::Subdivision(..))));
+        assert_eq!(parse_geo("Europe"), None);
+        assert_eq!(parse_geo("continent:XX"), None);
+    }
+
+    #[test]
+    fn targets_are_addresses_or_one_hostname() {
+        assert!(matches!(
+            parse_targets(&["192.0.2.1".into(), "2001:db8::1".into()]),
+            Ok(Target::Addrs { .. })
+        ));
+        assert!(matches!(
+            parse_targets(&["lb.example.net".into()]),
+            Ok(Target::Cname(_))
+        ));
+        assert!(parse_targets(&["lb.example.net".into(), "192.0.2.1".into()]).is_err());
+        assert!(parse_targets(&["a.example".into(), "b.example".into()]).is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! The serving state: everything a query reads, built off the hot path and swapped whole.
+
+use std::sync::Arc;
+
+use crate::locate::Locator;
+use crate::routing::RoutingTable;
+use crate::zone::ZoneSet;
+
+/// Zones, profiles and the GeoIP databases of one configuration generation.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Static zones.
+    pub zones: ZoneSet,
+    /// Traffic profiles.
+    pub routing: RoutingTable,
+    /// GeoIP lookups.
+    pub locator: Arc<Locator>,
+}
