@@ -75,12 +75,18 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Line of `key =` inside the span, else the span's first line.
+    /// Line of `key =` in the table starting at the span, else the table's first line.
+    ///
+    /// `toml` spans an array-of-tables element by its `[[header]]` only, so the body is taken
+    /// to run from the span to the next table header.
     fn line(&self, span: &std::ops::Range<usize>, key: &str) -> usize {
-        let body = self.text.get(span.clone()).unwrap_or("");
+        let body = self.text.get(span.start..).unwrap_or("");
         let mut offset = span.start;
-        for l in body.split_inclusive('\n') {
+        for (n, l) in body.split_inclusive('\n').enumerate() {
             let t = l.trim_start();
+            if n > 0 && t.starts_with('[') && offset >= span.end {
+                break;
+            }
             if let Some(rest) = t.strip_prefix(key)
                 && rest.trim_start().starts_with('=')
             {
