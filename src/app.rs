@@ -150,13 +150,20 @@ pub fn serve(loaded: Loaded) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let state = Arc::new(ArcSwap::from_pointee(state));
         let health = Arc::new(ArcSwap::from_pointee(HealthSnapshot::default()));
-        let handler = Arc::new(Handler::new(state, health, config.edns_udp_payload));
+        let handler = Arc::new(Handler::new(
+            state.clone(),
+            health.clone(),
+            config.edns_udp_payload,
+        ));
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let limits = TcpLimits {
             max_connections: config.tcp_max_connections,
             idle_timeout: config.tcp_idle_timeout,
         };
+        // Probing starts before serving; answers never wait for it (unprobed = CheckingEndpoint,
+        // which is served).
+        crate::health::prober::spawn(&state.load().routing, health, shutdown.clone(), &tracker);
         server::spawn(bound, handler, limits, shutdown.clone(), &tracker)
             .context("failed to register sockets with the runtime")?;
         info!(workers = config.workers, "geosteer serving");

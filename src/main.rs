@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use std::net::IpAddr;
 
 use geosteer::config::LogFormat;
-use geosteer::health::HealthSnapshot;
+use geosteer::health::prober;
 use geosteer::routing::Family;
 use geosteer::{app, explain};
 use ipnet::IpNet;
@@ -119,8 +119,9 @@ fn main() -> ExitCode {
                 "CNAME" => Family::Any,
                 _ => Family::V4,
             };
-            // Without a running server's probes, every endpoint is CheckingEndpoint (served).
-            let health = HealthSnapshot::default();
+            // Without a running server's probes: monitored endpoints CheckingEndpoint (served),
+            // the others Unmonitored.
+            let health = prober::initial_snapshot(&loaded.state.routing);
             match explain::explain(&loaded.state, &health, &name, family, client, ecs) {
                 Ok(report) if json => {
                     println!(

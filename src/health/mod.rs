@@ -5,6 +5,11 @@
 //! Snapshots are keyed by the endpoint's stable key (`owner/endpoint`), not by an index, so a
 //! configuration reload that keeps an endpoint keeps its health.
 
+pub mod monitor;
+pub mod probe;
+pub mod prober;
+pub mod state;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -43,6 +48,8 @@ pub struct EndpointHealth {
     pub state: MonitorState,
     /// Smoothed probe round-trip time from this server, ms.
     pub rtt_ms: Option<f64>,
+    /// Answers pointing here get a short TTL (suspect or just recovered; see `state`).
+    pub short_ttl: bool,
 }
 
 /// Health of every endpoint, immutable once published.

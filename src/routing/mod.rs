@@ -139,6 +139,8 @@ pub struct Endpoint {
     pub min_child_v4: usize,
     /// Nested: … and this many IPv6-capable children.
     pub min_child_v6: usize,
+    /// How it is probed; `None` = Unmonitored (always served) or nested.
+    pub monitor: Option<crate::health::monitor::MonitorSpec>,
 }
 
 /// One traffic profile.
@@ -344,25 +346,22 @@ impl RoutingTable {
             ttl: self.profiles[p].ttl,
             ..Default::default()
         };
-        let mut scope = Scope::Global;
+        let mut bits = 0u8;
         self.select_into(
             p,
             family,
             client,
             health,
             &mut sel,
-            &mut scope,
+            &mut bits,
             &mut explain,
             0,
         );
+        // Capped at the source prefix (RFC 7871 §7.2.1: scope may not exceed what we were given
+        // … in practice, a longer scope than the source says nothing more).
         sel.scope = match client.ecs_source {
             None | Some(0) => 0,
-            Some(src) => match scope {
-                Scope::Global => 0,
-                Scope::GeoNetwork => client.loc.prefix_len.min(src),
-                Scope::Prefix(n) => n.min(src),
-                Scope::Source => src,
-            },
+            Some(src) => bits.min(src),
         };
         sel
     }
@@ -414,7 +413,7 @@ impl RoutingTable {
         client: &Client,
         health: &HealthSnapshot,
         sel: &mut Selection<'t>,
-        scope: &mut Scope,
+        bits: &mut u8,
         explain: &mut Option<&mut Explain>,
         depth: usize,
     ) {
@@ -443,7 +442,13 @@ impl RoutingTable {
         let mut estimates: Vec<Option<Estimate>> = vec![None; profile.endpoints.len()];
         let (picked, decision, level_scope) =
             self.pick(profile, &cands, client, health, &mut estimates);
-        *scope = widest(*scope, level_scope);
+        // The decision holds for as many leading bits as its most specific level needs.
+        *bits = (*bits).max(match level_scope {
+            Scope::Global => 0,
+            Scope::GeoNetwork => client.loc.prefix_len,
+            Scope::Prefix(n) => n,
+            Scope::Source => u8::MAX,
+        });
 
         if let Some(x) = explain.as_deref_mut() {
             x.levels.push(ExplainLevel {
@@ -471,6 +476,10 @@ impl RoutingTable {
         for i in picked {
             let ep = &profile.endpoints[i];
             sel.chosen.push(&ep.key);
+            // Health-driven TTL: resolvers re-ask soon while the answer may be about to change.
+            if health.get(&ep.key).short_ttl {
+                sel.ttl = sel.ttl.min(crate::health::state::SHORT_TTL);
+            }
             match &ep.target {
                 Target::Addrs { a, aaaa } => match family {
                     Family::V4 => sel.records.extend(a.iter()),
@@ -479,7 +488,7 @@ impl RoutingTable {
                 },
                 Target::Cname(r) => sel.records.push(r),
                 Target::Nested(c) if depth + 1 < MAX_DEPTH => {
-                    self.select_into(*c, family, client, health, sel, scope, explain, depth + 1);
+                    self.select_into(*c, family, client, health, sel, bits, explain, depth + 1);
                 }
                 Target::Nested(_) => {}
             }
@@ -569,26 +578,41 @@ impl RoutingTable {
             }
             Method::Weighted => {
                 let total: u64 = cands.iter().map(|&i| u64::from(eps[i].weight)).sum();
-                let (roll, scope) = if profile.sticky {
-                    let h = mix(client.sticky_key() ^ fnv(&profile.owner_wire));
+                let (chosen, scope) = if profile.sticky {
+                    // Weighted rendezvous hashing: each (client network, endpoint) pair gets a
+                    // score, the highest wins. Proportional to weight, and when an endpoint
+                    // leaves only its own clients move; the others keep their answer.
+                    let base = client.sticky_key() ^ fnv(&profile.owner_wire);
+                    let score = |i: usize| {
+                        let h = mix(base ^ fnv(eps[i].key.as_bytes()));
+                        // Uniform in (0, 1), never 0 or 1.
+                        let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                        f64::from(eps[i].weight) / -u.ln()
+                    };
+                    let best = cands
+                        .iter()
+                        .copied()
+                        .max_by(|&a, &b| score(a).total_cmp(&score(b)))
+                        .unwrap_or(cands[0]);
                     let bits = if client.loc.addr.is_some_and(|a| a.is_ipv4()) {
                         24
                     } else {
                         56
                     };
-                    (h % total.max(1), Scope::Prefix(bits))
+                    (best, Scope::Prefix(bits))
                 } else {
-                    (fastrand::u64(0..total.max(1)), Scope::Global)
-                };
-                let mut acc = 0;
-                let mut chosen = cands[0];
-                for &i in cands {
-                    acc += u64::from(eps[i].weight);
-                    if roll < acc {
-                        chosen = i;
-                        break;
+                    let roll = fastrand::u64(0..total.max(1));
+                    let mut acc = 0;
+                    let mut chosen = cands[0];
+                    for &i in cands {
+                        acc += u64::from(eps[i].weight);
+                        if roll < acc {
+                            chosen = i;
+                            break;
+                        }
                     }
-                }
+                    (chosen, Scope::Global)
+                };
                 let (name, w, sticky) = (&eps[chosen].name, eps[chosen].weight, profile.sticky);
                 (
                     vec![chosen],
@@ -689,19 +713,6 @@ impl RoutingTable {
     }
 }
 
-fn widest(a: Scope, b: Scope) -> Scope {
-    // "Widest" dependence = the one that needs the longest prefix.
-    fn rank(s: Scope) -> (u8, u8) {
-        match s {
-            Scope::Global => (0, 0),
-            Scope::Prefix(n) => (1, n),
-            Scope::GeoNetwork => (2, 0),
-            Scope::Source => (3, 0),
-        }
-    }
-    if rank(b) > rank(a) { b } else { a }
-}
-
 fn detail(method: Method, e: &Endpoint) -> String {
     match method {
         Method::Weighted => format!("weight {}", e.weight),
@@ -759,3 +770,5 @@ impl RoutingTable {
         }
     }
 }
+#[cfg(test)]
+mod tests;

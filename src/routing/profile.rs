@@ -18,6 +18,7 @@ use toml::Spanned;
 use super::{Endpoint, GeoCode, MAX_DEPTH, Method, Profile, Target};
 use crate::config::{ConfigError, ConfigErrors, line_of_offset};
 use crate::geo::{Catalogue, GeoPoint};
+use crate::health::monitor::{MonitorSpec, Protocol, RawMonitor};
 use crate::locate::Code;
 use crate::zone::{Zone, wire_is_subdomain, wire_lower};
 
@@ -43,6 +44,7 @@ struct RawProfile {
     ttl: Option<u32>,
     max_answers: Option<usize>,
     sticky: Option<bool>,
+    monitor: Option<Spanned<RawMonitor>>,
     #[serde(default)]
     endpoint: Vec<Spanned<RawEndpoint>>,
 }
@@ -65,6 +67,7 @@ struct RawEndpoint {
     min_child_endpoints: Option<usize>,
     min_child_endpoints_ipv4: Option<usize>,
     min_child_endpoints_ipv6: Option<usize>,
+    monitor: Option<Spanned<RawMonitor>>,
 }
 
 /// Where in the file an error is.
@@ -75,6 +78,19 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Whether the table starting at `span` sets `key`.
+    fn has_key(&self, span: &std::ops::Range<usize>, key: &str) -> bool {
+        let line = self.line(span, key);
+        self.text
+            .lines()
+            .nth(line.saturating_sub(1))
+            .is_some_and(|l| {
+                l.trim_start()
+                    .strip_prefix(key)
+                    .is_some_and(|r| r.trim_start().starts_with('='))
+            })
+    }
+
     /// Line of `key =` in the table starting at the span, else the table's first line.
     ///
     /// `toml` spans an array-of-tables element by its `[[header]]` only, so the body is taken
@@ -478,6 +494,47 @@ pub fn load_profiles(
                 );
             }
             let is_nested = matches!(target, Target::Nested(_));
+            // Monitor: the profile's settings, overridden field by field by the endpoint's.
+            let monitor = match (&p.monitor, &e.monitor) {
+                (_, Some(_)) if is_nested => {
+                    cx.err(
+                        &es,
+                        "monitor",
+                        ef("monitor"),
+                        "nested endpoints take their health from their children",
+                    );
+                    None
+                }
+                (_, _) if is_nested => None,
+                (None, None) => None,
+                (pm, em) => {
+                    let base = pm.as_ref().map(|m| m.get_ref().clone()).unwrap_or_default();
+                    let merged = match em {
+                        Some(m) => base.merged(m.get_ref()),
+                        None => base,
+                    };
+                    match MonitorSpec::from_raw(&merged) {
+                        Ok(spec) if spec.protocol == Protocol::None => None,
+                        Ok(spec) => Some(spec),
+                        Err((key, msg)) => {
+                            let (span, prefix) = match (em, pm) {
+                                (Some(m), _) if cx.has_key(&m.span(), key) => (
+                                    m.span(),
+                                    format!("profile[{pname}].endpoint[{}].monitor", e.name),
+                                ),
+                                (_, Some(m)) => (m.span(), format!("profile[{pname}].monitor")),
+                                (Some(m), None) => (
+                                    m.span(),
+                                    format!("profile[{pname}].endpoint[{}].monitor", e.name),
+                                ),
+                                (None, None) => (es.clone(), ef("monitor")),
+                            };
+                            cx.err(&span, key, format!("{prefix}.{key}"), msg);
+                            None
+                        }
+                    }
+                }
+            };
             for (key, v) in [
                 ("min_child_endpoints", e.min_child_endpoints),
                 ("min_child_endpoints_ipv4", e.min_child_endpoints_ipv4),
@@ -501,6 +558,7 @@ pub fn load_profiles(
                 min_child: e.min_child_endpoints.unwrap_or(1),
                 min_child_v4: e.min_child_endpoints_ipv4.unwrap_or(0),
                 min_child_v6: e.min_child_endpoints_ipv6.unwrap_or(0),
+                monitor,
             });
         }
         profiles.push(Profile {

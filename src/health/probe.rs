@@ -1,0 +1,721 @@
+//! Probes: one attempt to reach an endpoint, timed.
+//!
+//! A [`Probe`] is built once per endpoint (HTTP client, TLS configuration, CONNECT packet) and
+//! run many times; every run ends within the monitor's timeout and reports its RTT.
+//!
+//! - `tcp`: a TCP connect to the target; RTT = connect time.
+//! - `http`/`https`: one request on a fresh connection (no pooling, no redirects, no proxies) to
+//!   the target address; healthy iff the status is in an expected range. RTT = time to the
+//!   response headers; the body is never read.
+//! - `mqtt`/`mqtts`: TCP (+ TLS), CONNECT (3.1.1 or 5, clean session), CONNACK, DISCONNECT.
+//!   Healthy iff the CONNACK accepts. RTT = time to the CONNACK.
+//!
+//! TLS is verified by default against the public (webpki) roots plus the monitor's `ca_file`;
+//! `tls_verify = false` accepts any certificate but still checks the handshake signatures.
+//!
+//! Names: the TLS server name is `sni` if set, else (https) the `Host` header's host, else the
+//! monitor's `host`, else the target IP. For https the URL names that server, pinned to the target
+//! address, so the TCP connection always goes to `target`; a configured `Host` header is sent
+//! verbatim.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::monitor::{MonitorSpec, MqttVersion, Protocol};
+
+/// The result of one probe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeOutcome {
+    /// Healthy?
+    pub ok: bool,
+    /// Time to the deciding event: TCP connect (tcp), response status (http/https), CONNACK
+    /// (mqtt/mqtts); on failure, the time until the failure was known.
+    pub rtt: Duration,
+    /// Stage timings from the start of the probe, e.g. ("tcp", 1.2 ms), ("tls", 4.0 ms),
+    /// ("connack", 5.1 ms).
+    pub stages: Vec<(&'static str, Duration)>,
+    /// Why it failed, for logs and the status API.
+    pub error: Option<String>,
+}
+
+/// A ready-to-run probe of one endpoint address.
+#[derive(Debug)]
+pub struct Probe {
+    timeout: Duration,
+    target: SocketAddr,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Tcp,
+    Http(HttpProbe),
+    Mqtt(MqttProbe),
+}
+
+#[derive(Debug)]
+struct HttpProbe {
+    client: reqwest::Client,
+    method: reqwest::Method,
+    url: reqwest::Url,
+    headers: reqwest::header::HeaderMap,
+    expected: Vec<(u16, u16)>,
+}
+
+#[derive(Debug)]
+struct MqttProbe {
+    /// TLS connector and server name for mqtts.
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    version: MqttVersion,
+    client_id_prefix: String,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// MQTT 3.1.1 guarantees client ids of up to 23 bytes.
+const MAX_CLIENT_ID: usize = 23;
+/// Random characters kept at the end of the client id even if the prefix is long.
+const MIN_CLIENT_ID_SUFFIX: usize = 6;
+/// CONNACKs larger than this are not read (a real one is a few bytes, at most a few hundred).
+const MAX_CONNACK: usize = 64 * 1024;
+/// MQTT keep-alive announced in the CONNECT, seconds.
+const KEEPALIVE_SECS: u16 = 10;
+
+impl Probe {
+    /// Prepares a probe of `target` (the endpoint's address and the monitor's port).
+    ///
+    /// Reads the monitor's `ca_file` (blocking file I/O: call it off the hot path).
+    pub fn new(spec: &MonitorSpec, target: SocketAddr) -> Result<Self, String> {
+        let kind = match spec.protocol {
+            Protocol::None => return Err("protocol none is not probed".into()),
+            Protocol::Tcp => Kind::Tcp,
+            Protocol::Http | Protocol::Https => Kind::Http(HttpProbe::new(spec, target)?),
+            Protocol::Mqtt | Protocol::Mqtts => Kind::Mqtt(MqttProbe::new(spec, target)?),
+        };
+        Ok(Self {
+            timeout: spec.timeout,
+            target,
+            kind,
+        })
+    }
+
+    /// Runs one probe; never takes longer than the monitor's timeout (plus scheduling slack).
+    pub async fn run(&self) -> ProbeOutcome {
+        let start = Instant::now();
+        // Validated specs have timeouts of at most 60 s; never panic on a hand-built one.
+        let deadline = start
+            .checked_add(self.timeout)
+            .unwrap_or_else(|| start + Duration::from_secs(86_400));
+        let mut stages = Vec::new();
+        let result = tokio::time::timeout_at(deadline, async {
+            match &self.kind {
+                Kind::Tcp => tcp_probe(self.target, start, &mut stages).await,
+                Kind::Http(http) => http.run(start, &mut stages).await,
+                Kind::Mqtt(mqtt) => mqtt.run(self.target, start, deadline, &mut stages).await,
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok(rtt)) => ProbeOutcome {
+                ok: true,
+                rtt,
+                stages,
+                error: None,
+            },
+            Ok(Err(error)) => ProbeOutcome {
+                ok: false,
+                rtt: start.elapsed(),
+                stages,
+                error: Some(error),
+            },
+            Err(_) => {
+                let waiting = self.waiting_for(&stages);
+                ProbeOutcome {
+                    ok: false,
+                    rtt: start.elapsed(),
+                    stages,
+                    error: Some(format!("timeout after {:?} {waiting}", self.timeout)),
+                }
+            }
+        }
+    }
+
+    /// What a timed-out probe was waiting for, from the stages it completed.
+    fn waiting_for(&self, stages: &[(&'static str, Duration)]) -> &'static str {
+        let done = |name| stages.iter().any(|(s, _)| *s == name);
+        match &self.kind {
+            Kind::Tcp => "(TCP connect)",
+            Kind::Http(_) => "(waiting for the response status)",
+            Kind::Mqtt(m) => {
+                if !done("tcp") {
+                    "(TCP connect)"
+                } else if m.tls.is_some() && !done("tls") {
+                    "(TLS handshake)"
+                } else {
+                    "(waiting for CONNACK)"
+                }
+            }
+        }
+    }
+}
+
+/// TCP connect, then close.
+async fn tcp_probe(
+    target: SocketAddr,
+    start: Instant,
+    stages: &mut Vec<(&'static str, Duration)>,
+) -> Result<Duration, String> {
+    let stream = TcpStream::connect(target)
+        .await
+        .map_err(|e| format!("TCP connect to {target}: {e}"))?;
+    let rtt = start.elapsed();
+    stages.push(("tcp", rtt));
+    drop(stream);
+    Ok(rtt)
+}
+
+impl HttpProbe {
+    fn new(spec: &MonitorSpec, target: SocketAddr) -> Result<Self, String> {
+        let https = spec.protocol == Protocol::Https;
+        let host_header = spec
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+            .map(|(_, v)| v.trim().to_string());
+        // The name in the URL is the TLS server name (reqwest sends the URL host as SNI) and the
+        // default Host header; the connection itself is pinned to `target` below.
+        let name = [
+            if https { spec.sni.clone() } else { None },
+            host_header.as_deref().map(|h| strip_port(h).to_string()),
+            spec.host.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|n| !n.is_empty());
+        let url_host = match name {
+            // An IP literal cannot be pinned: connect to the target IP instead.
+            Some(n) if n.parse::<IpAddr>().is_err() => n,
+            _ => match target.ip() {
+                IpAddr::V4(ip) => ip.to_string(),
+                IpAddr::V6(ip) => format!("[{ip}]"),
+            },
+        };
+        let scheme = if https { "https" } else { "http" };
+        let url_text = format!("{scheme}://{url_host}:{}{}", target.port(), spec.path);
+        let url = reqwest::Url::parse(&url_text).map_err(|e| format!("URL {url_text:?}: {e}"))?;
+
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (k, v) in &spec.headers {
+            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| format!("header name {k:?}: {e}"))?;
+            let value = reqwest::header::HeaderValue::from_str(v)
+                .map_err(|e| format!("header {k} value {v:?}: {e}"))?;
+            headers.insert(name, value);
+        }
+        let method = match spec.method.as_str() {
+            "HEAD" => reqwest::Method::HEAD,
+            "GET" => reqwest::Method::GET,
+            other => return Err(format!("method {other} is not GET or HEAD")),
+        };
+
+        let mut tls = tls_config(spec)?;
+        // HTTP/1.1 only, like load balancer health checks: one fresh connection per probe.
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut builder = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(0)
+            .user_agent(concat!("geosteer-probe/", env!("CARGO_PKG_VERSION")));
+        if let Some(domain) = url.domain() {
+            builder = builder.resolve(domain, target);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("HTTP client: {}", error_chain(&e)))?;
+        Ok(Self {
+            client,
+            method,
+            url,
+            headers,
+            expected: spec.expected_status.clone(),
+        })
+    }
+
+    async fn run(
+        &self,
+        start: Instant,
+        stages: &mut Vec<(&'static str, Duration)>,
+    ) -> Result<Duration, String> {
+        let response = self
+            .client
+            .request(self.method.clone(), self.url.clone())
+            .headers(self.headers.clone())
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let rtt = start.elapsed();
+        stages.push(("status", rtt));
+        let status = response.status().as_u16();
+        // The body is never read: dropping the response closes the (unpooled) connection.
+        drop(response);
+        if self
+            .expected
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&status))
+        {
+            Ok(rtt)
+        } else {
+            let expected: Vec<String> = self
+                .expected
+                .iter()
+                .map(|&(lo, hi)| {
+                    if lo == hi {
+                        lo.to_string()
+                    } else {
+                        format!("{lo}-{hi}")
+                    }
+                })
+                .collect();
+            Err(format!(
+                "status {status} not in expected {}",
+                expected.join(",")
+            ))
+        }
+    }
+}
+
+impl MqttProbe {
+    fn new(spec: &MonitorSpec, target: SocketAddr) -> Result<Self, String> {
+        let tls = if spec.protocol == Protocol::Mqtts {
+            let name = [spec.sni.clone(), spec.host.clone()]
+                .into_iter()
+                .flatten()
+                .find(|n| !n.is_empty())
+                .unwrap_or_else(|| target.ip().to_string());
+            let server_name = ServerName::try_from(name.clone())
+                .map_err(|e| format!("TLS server name {name:?}: {e}"))?;
+            let config = tls_config(spec)?;
+            Some((Arc::new(config), server_name))
+        } else {
+            None
+        };
+        // Keep room for a random suffix within the 23 bytes every broker accepts.
+        let mut prefix = spec.client_id_prefix.clone();
+        let mut keep = prefix.len().min(MAX_CLIENT_ID - MIN_CLIENT_ID_SUFFIX);
+        while !prefix.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        prefix.truncate(keep);
+        Ok(Self {
+            tls,
+            version: spec.mqtt_version,
+            client_id_prefix: prefix,
+            username: spec.username.clone(),
+            password: spec.password.clone(),
+        })
+    }
+
+    async fn run(
+        &self,
+        target: SocketAddr,
+        start: Instant,
+        deadline: Instant,
+        stages: &mut Vec<(&'static str, Duration)>,
+    ) -> Result<Duration, String> {
+        let tcp = TcpStream::connect(target)
+            .await
+            .map_err(|e| format!("TCP connect to {target}: {e}"))?;
+        stages.push(("tcp", start.elapsed()));
+        // CONNECT is one small write: send it at once.
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => self.exchange(tcp, start, deadline, stages).await,
+            Some((config, name)) => {
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {}", error_chain(&e)))?;
+                stages.push(("tls", start.elapsed()));
+                self.exchange(tls, start, deadline, stages).await
+            }
+        }
+    }
+
+    /// CONNECT, CONNACK, then DISCONNECT (best effort, within the deadline).
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+        start: Instant,
+        deadline: Instant,
+        stages: &mut Vec<(&'static str, Duration)>,
+    ) -> Result<Duration, String> {
+        let connect = self.connect_packet();
+        stream
+            .write_all(&connect)
+            .await
+            .map_err(|e| format!("sending CONNECT: {e}"))?;
+        stream
+            .flush()
+            .await
+            .map_err(|e| format!("sending CONNECT: {e}"))?;
+        let (header, body) = read_packet(&mut stream).await?;
+        let rtt = start.elapsed();
+        stages.push(("connack", rtt));
+        check_connack(self.version, header, &body)?;
+        // The verdict is in; a failing DISCONNECT does not change it.
+        let _ = tokio::time::timeout_at(deadline, async {
+            stream.write_all(&[0xE0, 0x00]).await?;
+            stream.shutdown().await
+        })
+        .await;
+        Ok(rtt)
+    }
+
+    fn connect_packet(&self) -> Vec<u8> {
+        let suffix_len = MAX_CLIENT_ID.saturating_sub(self.client_id_prefix.len());
+        let mut client_id = self.client_id_prefix.clone();
+        client_id.extend(std::iter::repeat_with(fastrand::alphanumeric).take(suffix_len));
+
+        let mut var = Vec::with_capacity(64);
+        put_bytes(&mut var, b"MQTT");
+        var.push(match self.version {
+            MqttVersion::V311 => 4,
+            MqttVersion::V5 => 5,
+        });
+        let mut flags = 0x02; // clean session / clean start
+        if self.username.is_some() {
+            flags |= 0x80;
+        }
+        if self.password.is_some() {
+            flags |= 0x40;
+        }
+        var.push(flags);
+        var.extend_from_slice(&KEEPALIVE_SECS.to_be_bytes());
+        if self.version == MqttVersion::V5 {
+            var.push(0); // no properties
+        }
+        put_bytes(&mut var, client_id.as_bytes());
+        if let Some(user) = &self.username {
+            put_bytes(&mut var, user.as_bytes());
+        }
+        if let Some(pass) = &self.password {
+            put_bytes(&mut var, pass.as_bytes());
+        }
+
+        let mut packet = Vec::with_capacity(var.len() + 5);
+        packet.push(0x10);
+        put_varint(&mut packet, var.len());
+        packet.extend_from_slice(&var);
+        packet
+    }
+}
+
+/// Appends a length-prefixed (u16) string or binary field, truncated to 65535 bytes.
+fn put_bytes(out: &mut Vec<u8>, data: &[u8]) {
+    let data = &data[..data.len().min(usize::from(u16::MAX))];
+    let len = u16::try_from(data.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(data);
+}
+
+/// Appends an MQTT variable byte integer.
+fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Decodes an MQTT variable byte integer at the start of `data`: (value, bytes used).
+fn get_varint(data: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (i, &byte) in data.iter().take(4).enumerate() {
+        value |= usize::from(byte & 0x7F) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Reads one MQTT packet: (fixed header byte, body).
+async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(u8, Vec<u8>), String> {
+    let eof = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            "connection closed before CONNACK".to_string()
+        } else {
+            format!("reading CONNACK: {e}")
+        }
+    };
+    let header = stream.read_u8().await.map_err(eof)?;
+    let mut len = 0usize;
+    let mut complete = false;
+    for i in 0..4 {
+        let byte = stream.read_u8().await.map_err(eof)?;
+        len |= usize::from(byte & 0x7F) << (7 * i);
+        if byte & 0x80 == 0 {
+            complete = true;
+            break;
+        }
+    }
+    if !complete {
+        return Err("malformed packet length from broker".into());
+    }
+    if header >> 4 != 2 {
+        return Err(format!(
+            "expected CONNACK, got packet type {} (header 0x{header:02X})",
+            header >> 4
+        ));
+    }
+    if len > MAX_CONNACK {
+        return Err(format!("CONNACK of {len} bytes is too large"));
+    }
+    let mut body = vec![0; len];
+    stream.read_exact(&mut body).await.map_err(eof)?;
+    Ok((header, body))
+}
+
+/// Judges a CONNACK.
+fn check_connack(version: MqttVersion, header: u8, body: &[u8]) -> Result<(), String> {
+    if header != 0x20 {
+        return Err(format!("malformed CONNACK header 0x{header:02X}"));
+    }
+    let code = match body {
+        [_flags, code] => *code,
+        [_flags, code, props @ ..] if version == MqttVersion::V5 => {
+            match get_varint(props) {
+                Some((n, used)) if used + n == props.len() => {}
+                _ => return Err("malformed CONNACK properties".into()),
+            }
+            *code
+        }
+        _ => return Err(format!("malformed CONNACK of {} bytes", body.len())),
+    };
+    if code == 0 {
+        return Ok(());
+    }
+    // A 3.1.1 broker answers a v5 CONNECT in 3.1.1 format (2-byte body, code < 0x80).
+    if version == MqttVersion::V5 && code >= 0x80 {
+        Err(format!(
+            "CONNACK refused: {} (0x{code:02X})",
+            reason_v5(code)
+        ))
+    } else {
+        Err(format!(
+            "CONNACK refused: {} ({code})",
+            return_code_v311(code)
+        ))
+    }
+}
+
+fn return_code_v311(code: u8) -> &'static str {
+    match code {
+        1 => "unacceptable protocol version",
+        2 => "identifier rejected",
+        3 => "server unavailable",
+        4 => "bad user name or password",
+        5 => "not authorized",
+        _ => "unknown return code",
+    }
+}
+
+fn reason_v5(code: u8) -> &'static str {
+    match code {
+        0x80 => "unspecified error",
+        0x81 => "malformed packet",
+        0x82 => "protocol error",
+        0x83 => "implementation specific error",
+        0x84 => "unsupported protocol version",
+        0x85 => "client identifier not valid",
+        0x86 => "bad user name or password",
+        0x87 => "not authorized",
+        0x88 => "server unavailable",
+        0x89 => "server busy",
+        0x8A => "banned",
+        0x8C => "bad authentication method",
+        0x90 => "topic name invalid",
+        0x95 => "packet too large",
+        0x97 => "quota exceeded",
+        0x99 => "payload format invalid",
+        0x9A => "retain not supported",
+        0x9B => "QoS not supported",
+        0x9C => "use another server",
+        0x9D => "server moved",
+        0x9F => "connection rate exceeded",
+        _ => "unknown reason code",
+    }
+}
+
+/// `host` of a `host[:port]` Host header value (IPv6 literals keep their address, no brackets).
+fn strip_port(value: &str) -> &str {
+    if let Some(rest) = value.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(ip, _)| ip);
+    }
+    match value.rsplit_once(':') {
+        Some((host, port))
+            if !host.contains(':')
+                && !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            host
+        }
+        _ => value,
+    }
+}
+
+/// An error and its sources, "outer: inner: innermost", without repeats.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// The TLS client configuration of a monitor (ring provider, TLS 1.2 and 1.3).
+fn tls_config(spec: &MonitorSpec) -> Result<ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS configuration: {e}"))?;
+    if !spec.tls_verify {
+        let verifier = AcceptAnyCertificate {
+            algorithms: provider.signature_verification_algorithms,
+        };
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth());
+    }
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = &spec.ca_file {
+        let shown = path.display();
+        let pem = std::fs::read(path).map_err(|e| format!("ca_file {shown}: {e}"))?;
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("ca_file {shown}: bad PEM: {}", pem_error(&e)))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("ca_file {shown}: unusable certificate: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("ca_file {shown}: no PEM certificates found"));
+        }
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// A PEM error with its marker lines as text (their `Display` shows bytes).
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => {
+            format!("missing {}", String::from_utf8_lossy(end_marker))
+        }
+        Error::IllegalSectionStart { line } => {
+            format!("bad section start {:?}", String::from_utf8_lossy(line))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// `tls_verify = false`: any certificate chain and name, but the handshake signatures are still
+/// checked (the peer must hold the key of the certificate it presents).
+#[derive(Debug)]
+struct AcceptAnyCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip() {
+        for n in [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 268_435_455] {
+            let mut buf = Vec::new();
+            put_varint(&mut buf, n);
+            assert_eq!(get_varint(&buf), Some((n, buf.len())), "{n}");
+        }
+    }
+
+    #[test]
+    fn host_header_port_is_stripped() {
+        assert_eq!(strip_port("example.com:8443"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:443"), "::1");
+        assert_eq!(strip_port("::1"), "::1");
+    }
+
+    #[test]
+    fn connack_codes_are_named() {
+        let v3 = check_connack(MqttVersion::V311, 0x20, &[0, 5]).unwrap_err();
+        assert_eq!(v3, "CONNACK refused: not authorized (5)");
+        let v5 = check_connack(MqttVersion::V5, 0x20, &[0, 0x87, 0]).unwrap_err();
+        assert_eq!(v5, "CONNACK refused: not authorized (0x87)");
+        assert!(check_connack(MqttVersion::V5, 0x20, &[0, 0, 3, 0x21, 0, 10]).is_ok());
+        assert!(check_connack(MqttVersion::V5, 0x20, &[0, 0, 5, 0x21]).is_err());
+    }
+}
