@@ -20,6 +20,10 @@ use crate::dns::server::{self, TcpLimits};
 use crate::geo::Catalogue;
 use crate::health::HealthSnapshot;
 use crate::locate::{Code, Locator};
+use crate::ops::control::Control;
+use crate::ops::metrics::Metrics;
+use crate::ops::store::Persisted;
+use crate::ops::{api, reload};
 use crate::routing::model::Model;
 use crate::routing::{Measured, RoutingTable, profile};
 use crate::state::State;
@@ -27,17 +31,28 @@ use crate::zone::{self, ZoneSet};
 
 /// Everything `check` validates and `serve` needs, loaded without binding anything.
 pub struct Loaded {
+    /// The config file (`None` = embedded default).
+    pub config_path: Option<std::path::PathBuf>,
     /// The configuration.
     pub config: Config,
     /// Zones, profiles, GeoIP.
     pub state: State,
+    /// Forced states and drills from the state file.
+    pub persisted: Persisted,
 }
 
-/// Loads configuration, zones, profiles and GeoIP databases; all errors are collected.
+/// Loads configuration, zones, profiles, GeoIP databases and the state file; all errors are
+/// collected.
 pub fn load(config_path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
     let config = Config::load(config_path)?;
     let state = load_state(&config)?;
-    Ok(Loaded { config, state })
+    let persisted = Persisted::load(&config.state_file)?;
+    Ok(Loaded {
+        config_path: config_path.map(Path::to_path_buf),
+        config,
+        state,
+        persisted,
+    })
 }
 
 /// Builds the serving state from a validated configuration (blocking file I/O).
@@ -128,12 +143,19 @@ pub fn load_state(config: &Config) -> Result<State, ConfigErrors> {
         zones: ZoneSet::new(zones),
         routing: RoutingTable::new(profiles, model, measured),
         locator: Arc::new(locator),
+        why_acl: config.why_acl.clone(),
+        query_log_sample: config.query_log_sample,
     })
 }
 
 /// Serves until SIGINT or SIGTERM, then drains. Runs its own tokio runtime.
 pub fn serve(loaded: Loaded) -> anyhow::Result<()> {
-    let Loaded { config, state } = loaded;
+    let Loaded {
+        config_path,
+        config,
+        state,
+        mut persisted,
+    } = loaded;
     for z in state.zones.iter() {
         info!(zone = %z.origin, file = %z.file.display(), names = z.nodes.len(), "zone loaded");
     }
@@ -141,6 +163,17 @@ pub fn serve(loaded: Loaded) -> anyhow::Result<()> {
         info!(profile = %p.owner, method = ?p.method, endpoints = p.endpoints.len(), "profile loaded");
     }
     let bound = server::bind(&config.udp, &config.tcp, config.workers)?;
+    let admin = match config.admin_listen {
+        Some(a) => {
+            Some(api::bind(a).with_context(|| format!("failed to bind the admin API to {a}"))?)
+        }
+        None => None,
+    };
+    persisted.prune(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers)
         .thread_name("geosteer-worker")
@@ -150,9 +183,11 @@ pub fn serve(loaded: Loaded) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let state = Arc::new(ArcSwap::from_pointee(state));
         let health = Arc::new(ArcSwap::from_pointee(HealthSnapshot::default()));
+        let metrics = Arc::new(Metrics::default());
         let handler = Arc::new(Handler::new(
             state.clone(),
             health.clone(),
+            metrics.clone(),
             config.edns_udp_payload,
         ));
         let shutdown = CancellationToken::new();
@@ -163,19 +198,42 @@ pub fn serve(loaded: Loaded) -> anyhow::Result<()> {
         };
         // Probing starts before serving; answers never wait for it (unprobed = CheckingEndpoint,
         // which is served).
-        crate::health::prober::spawn(&state.load().routing, health, shutdown.clone(), &tracker);
+        let prober = crate::health::prober::spawn(
+            &state.load().routing,
+            persisted.forced.clone(),
+            health.clone(),
+            shutdown.clone(),
+            &tracker,
+        );
+        let grace = config.shutdown_grace;
+        let workers = config.workers;
+        let control = Control::new(
+            config_path,
+            config,
+            state,
+            health,
+            metrics,
+            handler.clone(),
+            prober,
+            persisted,
+        );
+        control.resume_drills().await;
+        tracker.spawn(reload::on_sighup(control.clone(), shutdown.clone()));
+        tracker.spawn(reload::watch_files(control.clone(), shutdown.clone()));
+        if let Some(l) = admin {
+            let l = tokio::net::TcpListener::from_std(l).context("admin listener")?;
+            info!(proto = "http", addr = %l.local_addr()?, "admin API listening");
+            tracker.spawn(api::serve(l, control.clone(), shutdown.clone()));
+        }
         server::spawn(bound, handler, limits, shutdown.clone(), &tracker)
             .context("failed to register sockets with the runtime")?;
-        info!(workers = config.workers, "geosteer serving");
+        info!(workers, "geosteer serving");
         wait_for_signal().await;
         info!("shutting down: no new queries; draining open connections");
         shutdown.cancel();
         tracker.close();
-        if tokio::time::timeout(config.shutdown_grace, tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(grace = ?config.shutdown_grace, "connections still open after the grace period");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(?grace, "connections still open after the grace period");
         }
         info!("stopped");
         Ok(())

@@ -15,7 +15,7 @@ use crate::dns::handler::locate_client;
 use crate::dns::wire::{ClientSubnet, QName};
 use crate::health::HealthSnapshot;
 use crate::locate::Location;
-use crate::routing::{Explain, Family};
+use crate::routing::{Explain, Family, Profile, Selection};
 use crate::state::State;
 
 /// The explanation of one decision.
@@ -71,19 +71,42 @@ pub fn explain(
     let sel = state
         .routing
         .select(p, family, &c, health, Some(&mut trace));
-    Ok(Report {
-        name: qname.to_dotted(),
+    Ok(Report::new(
+        &state.routing.profiles[p],
         family,
         client,
-        ecs: ecs.map(|n| n.trunc().to_string()),
-        location: c.loc,
+        ecs_opt,
+        c.loc,
         trace,
-        answer: sel.records.iter().map(|r| r.data.to_string()).collect(),
-        chosen: sel.chosen.iter().map(|s| s.to_string()).collect(),
-        ttl: sel.ttl,
-        scope: sel.scope,
-        failed_open: sel.failed_open,
-    })
+        &sel,
+    ))
+}
+
+impl Report {
+    /// Assembles a report from a traced selection.
+    pub fn new(
+        profile: &Profile,
+        family: Family,
+        client: IpAddr,
+        ecs: Option<ClientSubnet>,
+        location: Location,
+        trace: Explain,
+        sel: &Selection<'_>,
+    ) -> Self {
+        Report {
+            name: profile.owner.to_string(),
+            family,
+            client,
+            ecs: ecs.map(|e| format!("{}/{}", e.addr, e.source_prefix)),
+            location,
+            trace,
+            answer: sel.records.iter().map(|r| r.data.to_string()).collect(),
+            chosen: sel.chosen.iter().map(|s| s.to_string()).collect(),
+            ttl: sel.ttl,
+            scope: sel.scope,
+            failed_open: sel.failed_open,
+        }
+    }
 }
 
 fn opt<T: fmt::Display>(v: Option<T>) -> String {

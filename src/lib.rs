@@ -24,6 +24,7 @@ pub mod explain;
 pub mod geo;
 pub mod health;
 pub mod locate;
+pub mod ops;
 pub mod routing;
 pub mod state;
 pub mod zone;

@@ -15,4 +15,8 @@ pub struct State {
     pub routing: RoutingTable,
     /// GeoIP lookups.
     pub locator: Arc<Locator>,
+    /// Sources allowed to ask `_why.<name>` TXT.
+    pub why_acl: Vec<ipnet::IpNet>,
+    /// Fraction of queries logged.
+    pub query_log_sample: f64,
 }

@@ -43,6 +43,41 @@ struct RawConfig {
     geoip: RawGeoip,
     #[serde(default)]
     routing: RawRouting,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+/// `[admin]`: the operator API, forced states, drills, `_why` and query logging.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: String,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    state_file: PathBuf,
+    why_acl: Vec<ipnet::IpNet>,
+    drill_samples: Vec<ipnet::IpNet>,
+    #[serde(with = "humantime_serde")]
+    reload_poll: Duration,
+    query_log_sample: f64,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8053".into(),
+            token: None,
+            token_file: None,
+            state_file: PathBuf::from("geosteer-state.json"),
+            why_acl: vec![
+                "127.0.0.0/8".parse().unwrap_or_default(),
+                "::1/128".parse().unwrap_or_default(),
+            ],
+            drill_samples: Vec::new(),
+            reload_poll: Duration::from_secs(1),
+            query_log_sample: 0.0,
+        }
+    }
 }
 
 /// `[geoip]`: MaxMind-format databases.
@@ -211,6 +246,22 @@ pub struct Config {
     pub regions_file: Option<PathBuf>,
     /// Operator-measured RTTs.
     pub measured: Vec<RawMeasured>,
+    /// Admin API listen address; `None` = disabled.
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token for mutating admin calls; `None` = mutating calls refused.
+    pub admin_token: Option<String>,
+    /// Where forced states (and drills) are kept across restarts.
+    pub state_file: PathBuf,
+    /// Sources allowed to ask `_why.<name>` TXT.
+    pub why_acl: Vec<ipnet::IpNet>,
+    /// Client subnets drills resolve before/during/after to verify the move.
+    pub drill_samples: Vec<ipnet::IpNet>,
+    /// How often watched files are checked for changes; zero = only SIGHUP and the API.
+    pub reload_poll: Duration,
+    /// Fraction of queries logged as JSON lines (0 = none, 1 = all).
+    pub query_log_sample: f64,
+    /// Every file this configuration was built from (watched for changes).
+    pub files: Vec<PathBuf>,
 }
 
 impl Config {
@@ -353,6 +404,69 @@ impl Config {
                 errors.push(ConfigError::new(file, at("region"), "routing.measured", format!("entry for region {:?}: give exactly one of client (CIDR) or country (2 letters), and rtt_ms >= 0", m.region)));
             }
         }
+        let a = &raw.admin;
+        let admin_listen = if a.listen.is_empty() {
+            None
+        } else {
+            match a.listen.parse::<SocketAddr>() {
+                Ok(l) => Some(l),
+                Err(_) => {
+                    errors.push(ConfigError::new(
+                        file,
+                        at("listen"),
+                        "admin.listen",
+                        format!(
+                            "{:?} is not an address:port (\"\" disables the API)",
+                            a.listen
+                        ),
+                    ));
+                    None
+                }
+            }
+        };
+        let mut admin_token = a.token.clone();
+        if let Some(tf) = &a.token_file {
+            let path = base.join(tf);
+            match std::fs::read_to_string(&path) {
+                Ok(t) if !t.trim().is_empty() && admin_token.is_none() => {
+                    admin_token = Some(t.trim().to_string())
+                }
+                Ok(_) if admin_token.is_some() => errors.push(ConfigError::new(
+                    file,
+                    at("token_file"),
+                    "admin.token_file",
+                    "give token or token_file, not both",
+                )),
+                Ok(_) => errors.push(ConfigError::new(
+                    file,
+                    at("token_file"),
+                    "admin.token_file",
+                    format!("{} is empty", path.display()),
+                )),
+                Err(e) => errors.push(ConfigError::new(
+                    file,
+                    at("token_file"),
+                    "admin.token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )),
+            }
+        }
+        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            errors.push(ConfigError::new(
+                file,
+                at("token"),
+                "admin.token",
+                "shorter than 16 characters",
+            ));
+        }
+        if !(0.0..=1.0).contains(&a.query_log_sample) {
+            errors.push(ConfigError::new(
+                file,
+                at("query_log_sample"),
+                "admin.query_log_sample",
+                "must be between 0 and 1",
+            ));
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -381,6 +495,18 @@ impl Config {
             server_point,
             regions_file: raw.routing.regions.map(|p| base.join(p)),
             measured: raw.routing.measured,
+            admin_listen,
+            admin_token,
+            state_file: base.join(&raw.admin.state_file),
+            why_acl: raw.admin.why_acl.clone(),
+            drill_samples: raw.admin.drill_samples.clone(),
+            reload_poll: raw.admin.reload_poll,
+            query_log_sample: raw.admin.query_log_sample,
+            files: if file.to_str() == Some(EMBEDDED_NAME) {
+                Vec::new()
+            } else {
+                vec![file.to_path_buf()]
+            },
         })
     }
 }

@@ -13,6 +13,7 @@ use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 
 use super::wire::{self, OptOut, ParseError, Query, ResponseHeader, Rr, Sections, opcode, rcode};
 use crate::health::HealthSnapshot;
+use crate::ops::metrics::Metrics;
 use crate::routing::{Client, Family};
 use crate::state::State;
 use crate::zone::{Lookup, Zone};
@@ -34,6 +35,7 @@ const ANY_HINFO_TTL: u32 = 3600;
 pub struct Handler {
     state: Arc<ArcSwap<State>>,
     health: Arc<ArcSwap<HealthSnapshot>>,
+    metrics: Arc<Metrics>,
     edns_payload: u16,
     any_hinfo: Record,
 }
@@ -44,6 +46,7 @@ impl Handler {
     pub fn new(
         state: Arc<ArcSwap<State>>,
         health: Arc<ArcSwap<HealthSnapshot>>,
+        metrics: Arc<Metrics>,
         edns_payload: u16,
     ) -> Self {
         let any_hinfo = Record::from_rdata(
@@ -54,6 +57,7 @@ impl Handler {
         Self {
             state,
             health,
+            metrics,
             edns_payload,
             any_hinfo,
         }
@@ -69,9 +73,14 @@ impl Handler {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> bool {
+        let started = std::time::Instant::now();
+        let tcp = transport == Transport::Tcp;
         let q = match wire::parse(packet) {
             Ok(q) => q,
-            Err(ParseError::Drop) => return false,
+            Err(ParseError::Drop) => {
+                self.metrics.dropped.inc();
+                return false;
+            }
             Err(ParseError::FormErr {
                 id,
                 opcode,
@@ -86,12 +95,29 @@ impl Handler {
                     ..Default::default()
                 };
                 let opt = edns.then(|| self.opt(None));
-                return wire::encode(out, &h, None, &Sections::default(), opt.as_ref(), 512)
-                    .is_ok();
+                let sent =
+                    wire::encode(out, &h, None, &Sections::default(), opt.as_ref(), 512).is_ok();
+                self.metrics.query(tcp, rcode::FORMERR, elapsed_ns(started));
+                return sent;
             }
         };
         let state = self.state.load();
-        self.respond(&q, &state, src, transport, out)
+        let sent = self.respond(&q, &state, src, transport, out);
+        if sent && out.len() >= wire::HEADER_LEN {
+            let code = if q.edns.is_some_and(|e| e.version > 0) {
+                rcode::BADVERS
+            } else {
+                u16::from(out[3] & 0x0F)
+            };
+            self.metrics.query(tcp, code, elapsed_ns(started));
+            if q.edns.is_some_and(|e| e.ecs.is_some()) {
+                self.metrics.ecs_queries.inc();
+            }
+            if state.query_log_sample > 0.0 && fastrand::f64() < state.query_log_sample {
+                log_query(&q, src, transport, code, out);
+            }
+        }
+        sent
     }
 
     fn opt(&self, ecs: Option<(wire::ClientSubnet, u8)>) -> OptOut {
@@ -160,7 +186,14 @@ impl Handler {
             return reply_error(&mut h, rcode::REFUSED, opt, out);
         };
 
+        zone.queries.inc();
         h.aa = true;
+        if question.name.label_count() > zone.origin_labels
+            && question.name.lower().get(..5) == Some(b"\x04_why")
+            && let Some(p) = state.routing.profile_at(question.name.suffix(1))
+        {
+            return self.respond_why(q, state, p, qtype, src, h, limit, out);
+        }
         if let Some(p) = state.routing.profile_at(question.name.lower()) {
             return self.respond_routed(q, state, zone, p, qtype, src, h, limit, out);
         }
@@ -247,9 +280,17 @@ impl Handler {
         };
         let client = locate_client(state, ecs, src);
         let health = self.health.load();
+        let prof = &state.routing.profiles[profile];
+        prof.queries.inc();
         let sel = state
             .routing
             .select(profile, family, &client, &health, None);
+        if sel.failed_open {
+            prof.fail_open.inc();
+        }
+        for e in &sel.picked {
+            e.answers.inc();
+        }
         let opt = q.edns.map(|_| self.opt(ecs.map(|e| (e, sel.scope))));
         if sel.records.is_empty() {
             s.authority.push(Rr::own(&zone.negative_soa));
@@ -262,6 +303,106 @@ impl Handler {
         }
         finish(out, h, qraw, s, opt, limit, false)
     }
+}
+
+impl Handler {
+    /// `_why.<name>` TXT: the decision trace for this client, over DNS itself — only to
+    /// sources in `[admin] why_acl` (the trace reveals health and topology). TTL 0 and scope =
+    /// the full source prefix: a trace is never to be cached or shared.
+    #[allow(clippy::too_many_arguments)]
+    fn respond_why(
+        &self,
+        q: &Query<'_>,
+        state: &State,
+        profile: usize,
+        qtype: RecordType,
+        src: SocketAddr,
+        mut h: ResponseHeader,
+        limit: u16,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let qraw = q.question.as_ref().map(|qq| qq.raw);
+        let ecs = q.edns.and_then(|e| e.ecs);
+        let opt = q.edns.map(|_| self.opt(ecs.map(|e| (e, e.source_prefix))));
+        if !state.why_acl.iter().any(|n| n.contains(&src.ip())) {
+            h.aa = false;
+            h.rcode = rcode::REFUSED;
+            return finish(out, h, qraw, Sections::default(), opt, limit, false);
+        }
+        self.metrics.why_queries.inc();
+        let family = if qtype == RecordType::AAAA {
+            Family::V6
+        } else {
+            Family::V4
+        };
+        let client = locate_client(state, ecs, src);
+        let health = self.health.load();
+        let mut trace = crate::routing::Explain::default();
+        let sel = state
+            .routing
+            .select(profile, family, &client, &health, Some(&mut trace));
+        let report = crate::explain::Report::new(
+            &state.routing.profiles[profile],
+            family,
+            src.ip(),
+            ecs,
+            client.loc,
+            trace,
+            &sel,
+        );
+        let lines: Vec<String> = report.to_string().lines().map(str::to_string).collect();
+        let records: Vec<Record> = lines
+            .iter()
+            .map(|l| {
+                let chunks: Vec<String> = l
+                    .as_bytes()
+                    .chunks(255)
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect();
+                Record::from_rdata(
+                    Name::root(),
+                    0,
+                    RData::TXT(hickory_server::proto::rr::rdata::TXT::new(chunks)),
+                )
+            })
+            .collect();
+        let mut s = Sections::default();
+        if qtype == RecordType::TXT || qtype == RecordType::ANY {
+            s.answer.extend(records.iter().map(|r| Rr {
+                record: r,
+                at_qname: true,
+                ttl: 0,
+            }));
+        }
+        finish(out, h, qraw, s, opt, limit, false)
+    }
+}
+
+/// One sampled query as a JSON log line (target `geosteer::querylog`).
+fn log_query(q: &Query<'_>, src: SocketAddr, transport: Transport, code: u16, out: &[u8]) {
+    let Some(question) = q.question.as_ref() else {
+        return;
+    };
+    let ecs = q
+        .edns
+        .and_then(|e| e.ecs)
+        .map(|e| format!("{}/{}", e.addr, e.source_prefix));
+    tracing::info!(
+        target: "geosteer::querylog",
+        src = %src,
+        transport = ?transport,
+        qname = %question.name.to_dotted(),
+        qtype = %RecordType::from(question.qtype),
+        ecs = ecs.as_deref().unwrap_or("-"),
+        rcode = code,
+        answers = u16::from_be_bytes([out[6], out[7]]),
+        size = out.len(),
+        "query"
+    );
+}
+
+fn elapsed_ns(started: std::time::Instant) -> u64 {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Where routing should think the client is: the ECS address when the resolver sent one with

@@ -11,9 +11,11 @@ pub mod prober;
 pub mod state;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use serde::Serialize;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 /// Traffic Manager's endpoint monitor states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -29,6 +31,10 @@ pub enum MonitorState {
     Disabled,
     /// Not probed ("always serve").
     Unmonitored,
+    /// Forced down by an operator or a drill: not served, not even by fail-open.
+    ForcedDown,
+    /// Forced up by an operator: served whatever the probes say.
+    ForcedUp,
 }
 
 impl MonitorState {
@@ -36,13 +42,44 @@ impl MonitorState {
     pub fn serves(self) -> bool {
         matches!(
             self,
-            Self::CheckingEndpoint | Self::Online | Self::Unmonitored
+            Self::CheckingEndpoint | Self::Online | Self::Unmonitored | Self::ForcedUp
         )
     }
 }
 
+/// What a forced state does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForceAction {
+    /// Not served.
+    Down,
+    /// Served regardless of probes.
+    Up,
+}
+
+/// An operator's (or a drill's) override of an endpoint's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Force {
+    /// Down or up.
+    pub action: ForceAction,
+    /// Clients it applies to (empty = everyone): a drill can move a few networks first.
+    #[serde(default)]
+    pub scope: Vec<IpNet>,
+    /// Why, for the status page and logs.
+    pub reason: String,
+    /// When it ends by itself (Unix seconds); `None` = until lifted.
+    pub until: Option<u64>,
+}
+
+impl Force {
+    /// Whether it applies to a client at `addr` (unknown address: only unscoped forces).
+    pub fn applies_to(&self, addr: Option<IpAddr>) -> bool {
+        self.scope.is_empty() || addr.is_some_and(|a| self.scope.iter().any(|n| n.contains(&a)))
+    }
+}
+
 /// What routing knows about one endpoint.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct EndpointHealth {
     /// Monitor state.
     pub state: MonitorState,
@@ -50,18 +87,86 @@ pub struct EndpointHealth {
     pub rtt_ms: Option<f64>,
     /// Answers pointing here get a short TTL (suspect or just recovered; see `state`).
     pub short_ttl: bool,
+    /// Operator override, if any.
+    pub forced: Option<Arc<Force>>,
+}
+
+/// Unknown endpoints: no verdict yet.
+static UNKNOWN: EndpointHealth = EndpointHealth {
+    state: MonitorState::CheckingEndpoint,
+    rtt_ms: None,
+    short_ttl: false,
+    forced: None,
+};
+
+/// Which endpoints a forced state targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForceTarget {
+    /// One endpoint, by key (`owner/name`).
+    Endpoint(String),
+    /// Every endpoint located in a catalogue region.
+    Region(String),
+}
+
+/// A forced state and what it targets, as stored and as the prober applies it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForceEntry {
+    /// What it targets.
+    pub target: ForceTarget,
+    /// The override.
+    pub force: Force,
+    /// Drill that owns it, if any (drills lift their own forces).
+    #[serde(default)]
+    pub drill: Option<String>,
+}
+
+/// Operator-facing detail of one endpoint (status API, metrics); not read by queries.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EndpointStatus {
+    /// Monitor state (before forced overrides).
+    pub state: MonitorState,
+    /// Smoothed probe RTT, ms.
+    pub rtt_ms: Option<f64>,
+    /// Unix time of the last state change.
+    pub since_unix: f64,
+    /// Why it is in this state.
+    pub reason: String,
+    /// Last probe error, if the last probe failed.
+    pub last_error: Option<String>,
+    /// Stage timings of the last probe, ms.
+    pub last_stages: Vec<(String, f64)>,
+    /// Probes that succeeded / failed since start.
+    pub probes_ok: u64,
+    /// Probes that failed since start.
+    pub probes_failed: u64,
+    /// Protocol probed (`none` = unmonitored).
+    pub protocol: String,
 }
 
 /// Health of every endpoint, immutable once published.
 #[derive(Debug, Clone, Default)]
 pub struct HealthSnapshot {
     by_key: HashMap<Arc<str>, EndpointHealth>,
+    /// Operator-facing details per endpoint.
+    pub details: HashMap<Arc<str>, EndpointStatus>,
+    /// Every probed endpoint has had at least one probe result.
+    pub first_round_done: bool,
+    /// State changes since start.
+    pub state_changes: u64,
+    /// Forced states in effect.
+    pub forced: Vec<ForceEntry>,
 }
 
 impl HealthSnapshot {
     /// Health of an endpoint; unknown endpoints are `CheckingEndpoint` (served).
-    pub fn get(&self, key: &str) -> EndpointHealth {
-        self.by_key.get(key).copied().unwrap_or_default()
+    pub fn get(&self, key: &str) -> &EndpointHealth {
+        self.by_key.get(key).unwrap_or(&UNKNOWN)
+    }
+
+    /// Every endpoint's health (status API, metrics).
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &EndpointHealth)> {
+        self.by_key.iter()
     }
 
     /// Sets an endpoint's health (used by the prober and by tests).

@@ -25,7 +25,9 @@ use tracing::{debug, info, warn};
 use super::monitor::MonitorSpec;
 use super::probe::{Probe, ProbeOutcome};
 use super::state::Tracker;
-use super::{EndpointHealth, HealthSnapshot, MonitorState};
+use super::{
+    EndpointHealth, EndpointStatus, Force, ForceEntry, ForceTarget, HealthSnapshot, MonitorState,
+};
 use crate::routing::{RoutingTable, Target};
 
 /// Probes in flight at once across all endpoints: bounds sockets and CPU with many endpoints.
@@ -122,104 +124,329 @@ struct Report {
     outcome: ProbeOutcome,
 }
 
+/// What the publisher is told.
+enum Msg {
+    Report(Report),
+    Reconfigure(Plan),
+    Forced(Vec<ForceEntry>),
+}
+
+/// A table's probing plan.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    targets: Vec<ProbeTarget>,
+    unmonitored: Vec<Arc<str>>,
+    /// Every endpoint key (probed, unmonitored and nested) with its region, for region forces.
+    regions: Vec<(Arc<str>, Option<String>)>,
+}
+
+impl Plan {
+    /// The plan for a table.
+    pub fn of(table: &RoutingTable) -> Self {
+        let (targets, unmonitored) = plan(table);
+        let regions = table
+            .profiles
+            .iter()
+            .flat_map(|p| {
+                p.endpoints
+                    .iter()
+                    .map(|e| (e.key.clone(), e.region.clone()))
+            })
+            .collect();
+        Self {
+            targets,
+            unmonitored,
+            regions,
+        }
+    }
+}
+
+/// Handle to the running prober.
+#[derive(Clone)]
+pub struct Prober {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Prober {
+    /// Switches to a new table's endpoints. Endpoints whose key and monitor settings are
+    /// unchanged keep their verdict, RTT and schedule (no probe storm, no CheckingEndpoint
+    /// blip after a reload); new ones start probing at once; removed ones stop.
+    pub async fn reconfigure(&self, table: &RoutingTable) {
+        let _ = self.tx.send(Msg::Reconfigure(Plan::of(table))).await;
+    }
+
+    /// Replaces the set of forced states (the prober republishes at once).
+    pub async fn set_forced(&self, forced: Vec<ForceEntry>) {
+        let _ = self.tx.send(Msg::Forced(forced)).await;
+    }
+}
+
 /// Starts probing every monitored endpoint of `table`, publishing into `health`.
 pub fn spawn(
     table: &RoutingTable,
+    forced: Vec<ForceEntry>,
     health: Arc<ArcSwap<HealthSnapshot>>,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
-) {
-    let (targets, unmonitored) = plan(table);
-    let (tx, rx) = mpsc::channel::<Report>(1024);
-    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES));
-    let now = Instant::now();
-    let trackers: HashMap<Arc<str>, Tracker> = targets
-        .iter()
-        .map(|t| {
-            (
-                t.key.clone(),
-                Tracker::new(t.spec.tolerated_failures, t.spec.recovery, now),
-            )
-        })
-        .collect();
-    info!(
-        probed = targets.len(),
-        unmonitored = unmonitored.len(),
-        "health probing starts"
-    );
-    for t in targets {
-        tasks.spawn(endpoint_loop(
-            t,
-            tx.clone(),
-            slots.clone(),
-            shutdown.clone(),
-        ));
-    }
-    drop(tx);
-    tasks.spawn(publisher(rx, trackers, unmonitored, health, shutdown));
+) -> Prober {
+    let (tx, rx) = mpsc::channel::<Msg>(4096);
+    let publisher = Publisher {
+        tx: tx.clone(),
+        slots: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+        plan: Plan::default(),
+        running: HashMap::new(),
+        trackers: HashMap::new(),
+        details: HashMap::new(),
+        forced,
+        state_changes: 0,
+        health,
+    };
+    tasks.spawn(publisher.run(rx, Plan::of(table)));
+    Prober { tx }
 }
 
-async fn publisher(
-    mut rx: mpsc::Receiver<Report>,
-    mut trackers: HashMap<Arc<str>, Tracker>,
-    unmonitored: Vec<Arc<str>>,
-    health: Arc<ArcSwap<HealthSnapshot>>,
+struct Running {
+    target: ProbeTarget,
+    stop: CancellationToken,
+}
+
+struct Publisher {
+    tx: mpsc::Sender<Msg>,
+    slots: Arc<Semaphore>,
     shutdown: CancellationToken,
-) {
-    let publish = |trackers: &HashMap<Arc<str>, Tracker>| {
+    tasks: TaskTracker,
+    plan: Plan,
+    running: HashMap<Arc<str>, Running>,
+    trackers: HashMap<Arc<str>, Tracker>,
+    details: HashMap<Arc<str>, EndpointStatus>,
+    forced: Vec<ForceEntry>,
+    state_changes: u64,
+    health: Arc<ArcSwap<HealthSnapshot>>,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn protocol_name(spec: &MonitorSpec) -> String {
+    serde_json::to_value(spec.protocol)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+impl Publisher {
+    fn apply_plan(&mut self, plan: Plan) {
         let now = Instant::now();
-        let mut snap = HealthSnapshot::default();
-        for k in &unmonitored {
-            snap.set(
-                k,
-                EndpointHealth {
-                    state: MonitorState::Unmonitored,
+        let wanted: HashMap<Arc<str>, &ProbeTarget> =
+            plan.targets.iter().map(|t| (t.key.clone(), t)).collect();
+        // Stop what is gone or changed.
+        self.running.retain(|k, r| {
+            let keep = wanted
+                .get(k)
+                .is_some_and(|t| t.spec == r.target.spec && t.host == r.target.host);
+            if !keep {
+                r.stop.cancel();
+            }
+            keep
+        });
+        self.trackers.retain(|k, _| self.running.contains_key(k));
+        self.details
+            .retain(|k, _| wanted.contains_key(k) || plan.unmonitored.contains(k));
+        // Start what is new.
+        let mut started = 0;
+        for t in &plan.targets {
+            if self.running.contains_key(&t.key) {
+                continue;
+            }
+            let stop = self.shutdown.child_token();
+            self.trackers.insert(
+                t.key.clone(),
+                Tracker::new(t.spec.tolerated_failures, t.spec.recovery, now),
+            );
+            self.details.insert(
+                t.key.clone(),
+                EndpointStatus {
+                    since_unix: unix_now(),
+                    reason: "no probe result yet".into(),
+                    protocol: protocol_name(&t.spec),
                     ..Default::default()
                 },
             );
+            self.tasks.spawn(endpoint_loop(
+                t.clone(),
+                self.tx.clone(),
+                self.slots.clone(),
+                stop.clone(),
+            ));
+            self.running.insert(
+                t.key.clone(),
+                Running {
+                    target: t.clone(),
+                    stop,
+                },
+            );
+            started += 1;
         }
-        for (k, t) in trackers {
-            snap.set(
-                k,
-                EndpointHealth {
+        for k in &plan.unmonitored {
+            self.details
+                .entry(k.clone())
+                .or_insert_with(|| EndpointStatus {
+                    state: MonitorState::Unmonitored,
+                    since_unix: unix_now(),
+                    reason: "not probed (no monitor)".into(),
+                    protocol: "none".into(),
+                    ..Default::default()
+                });
+        }
+        info!(
+            probed = plan.targets.len(),
+            started,
+            unmonitored = plan.unmonitored.len(),
+            "health probing plan applied"
+        );
+        self.plan = plan;
+    }
+
+    fn publish(&mut self) {
+        let now = Instant::now();
+        let unix = unix_now();
+        let mut snap = HealthSnapshot::default();
+        // Forced states in effect (expired ones are dropped here; the store prunes its file).
+        let now_secs = unix as u64;
+        self.forced
+            .retain(|f| f.force.until.is_none_or(|u| u > now_secs));
+        let mut forced_by_key: HashMap<Arc<str>, Arc<Force>> = HashMap::new();
+        for entry in &self.forced {
+            let force = Arc::new(entry.force.clone());
+            for (key, region) in &self.plan.regions {
+                let hit = match &entry.target {
+                    ForceTarget::Endpoint(k) => k.as_str() == &**key,
+                    ForceTarget::Region(r) => region.as_deref() == Some(r.as_str()),
+                };
+                if hit {
+                    forced_by_key.insert(key.clone(), force.clone());
+                }
+            }
+        }
+        for (key, _) in &self.plan.regions {
+            let base = match (self.trackers.get(key), self.plan.unmonitored.contains(key)) {
+                (Some(t), _) => EndpointHealth {
                     state: t.state(),
                     rtt_ms: t.rtt_ms(),
                     short_ttl: t.short_ttl(now),
+                    forced: None,
                 },
-            );
-        }
-        health.store(Arc::new(snap));
-    };
-    publish(&trackers);
-    let mut tick = tokio::time::interval(RTT_PUBLISH_EVERY);
-    let mut dirty = false;
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            msg = rx.recv() => {
-                let Some(Report { key, outcome }) = msg else { return };
-                let Some(t) = trackers.get_mut(&key) else { continue };
-                let change = t.record(outcome.ok, outcome.rtt, outcome.error.as_deref(), Instant::now());
-                if let Some(c) = change {
-                    let level_warn = c.to == MonitorState::Degraded;
-                    if level_warn {
-                        warn!(endpoint = %key, from = ?c.from, to = ?c.to, reason = %c.reason, "endpoint state changed");
-                    } else {
-                        info!(endpoint = %key, from = ?c.from, to = ?c.to, reason = %c.reason, "endpoint state changed");
-                    }
-                    publish(&trackers);
-                    dirty = false;
-                } else {
-                    debug!(endpoint = %key, ok = outcome.ok, rtt = ?outcome.rtt, error = ?outcome.error, "probe");
-                    dirty = true;
-                }
+                (None, true) => EndpointHealth {
+                    state: MonitorState::Unmonitored,
+                    ..Default::default()
+                },
+                (None, false) => EndpointHealth::default(),
+            };
+            let forced = forced_by_key.get(key).cloned();
+            if forced.is_some()
+                || self.trackers.contains_key(key)
+                || self.plan.unmonitored.contains(key)
+            {
+                snap.set(key, EndpointHealth { forced, ..base });
             }
-            _ = tick.tick() => {
-                // RTT updates, and short-TTL windows that expire with time.
-                if dirty || trackers.values().any(|t| t.state() == MonitorState::Online) {
-                    publish(&trackers);
-                    dirty = false;
+        }
+        for (k, t) in &self.trackers {
+            if let Some(d) = self.details.get_mut(k) {
+                d.state = t.state();
+                d.rtt_ms = t.rtt_ms();
+                let (since, reason) = t.last_change();
+                d.since_unix = unix - now.saturating_duration_since(since).as_secs_f64();
+                d.reason = reason.to_string();
+            }
+        }
+        snap.details = self.details.clone();
+        snap.first_round_done = self.running.keys().all(|k| {
+            self.details
+                .get(k)
+                .is_some_and(|d| d.probes_ok + d.probes_failed > 0)
+        });
+        snap.state_changes = self.state_changes;
+        snap.forced = self.forced.clone();
+        self.health.store(Arc::new(snap));
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, initial: Plan) {
+        self.apply_plan(initial);
+        self.publish();
+        let mut tick = tokio::time::interval(RTT_PUBLISH_EVERY);
+        let mut dirty = false;
+        loop {
+            let msg = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                m = rx.recv() => match m { Some(m) => m, None => return },
+                _ = tick.tick() => {
+                    // RTT updates, short-TTL windows and forced states that expire with time.
+                    if dirty || !self.forced.is_empty() || self.trackers.values().any(|t| t.short_ttl(Instant::now())) {
+                        self.publish();
+                        dirty = false;
+                    }
+                    continue;
+                }
+            };
+            match msg {
+                Msg::Reconfigure(plan) => {
+                    self.apply_plan(plan);
+                    self.publish();
+                }
+                Msg::Forced(f) => {
+                    self.forced = f;
+                    self.publish();
+                }
+                Msg::Report(Report { key, outcome }) => {
+                    let Some(t) = self.trackers.get_mut(&key) else {
+                        continue;
+                    };
+                    let change = t.record(
+                        outcome.ok,
+                        outcome.rtt,
+                        outcome.error.as_deref(),
+                        Instant::now(),
+                    );
+                    if let Some(d) = self.details.get_mut(&key) {
+                        if outcome.ok {
+                            d.probes_ok += 1;
+                            d.last_error = None;
+                        } else {
+                            d.probes_failed += 1;
+                            d.last_error = outcome.error.clone();
+                        }
+                        d.last_stages = outcome
+                            .stages
+                            .iter()
+                            .map(|(n, t)| (n.to_string(), t.as_secs_f64() * 1000.0))
+                            .collect();
+                    }
+                    let first_result = self
+                        .details
+                        .get(&key)
+                        .is_some_and(|d| d.probes_ok + d.probes_failed == 1);
+                    if let Some(c) = change {
+                        self.state_changes += 1;
+                        if c.to == MonitorState::Degraded {
+                            warn!(endpoint = %key, from = ?c.from, to = ?c.to, reason = %c.reason, "endpoint state changed");
+                        } else {
+                            info!(endpoint = %key, from = ?c.from, to = ?c.to, reason = %c.reason, "endpoint state changed");
+                        }
+                        self.publish();
+                        dirty = false;
+                    } else if first_result {
+                        // Readiness depends on first results: publish them promptly.
+                        self.publish();
+                    } else {
+                        debug!(endpoint = %key, ok = outcome.ok, rtt = ?outcome.rtt, error = ?outcome.error, "probe");
+                        dirty = true;
+                    }
                 }
             }
         }
@@ -249,7 +476,7 @@ fn failed(error: String) -> ProbeOutcome {
 
 async fn endpoint_loop(
     t: ProbeTarget,
-    tx: mpsc::Sender<Report>,
+    tx: mpsc::Sender<Msg>,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
@@ -281,10 +508,10 @@ async fn endpoint_loop(
             }
             Err(e) => {
                 if tx
-                    .send(Report {
+                    .send(Msg::Report(Report {
                         key: t.key.clone(),
                         outcome: failed(e),
-                    })
+                    }))
                     .await
                     .is_err()
                 {
@@ -316,7 +543,7 @@ enum RoundEnd {
 async fn round(
     p: &Probe,
     key: &Arc<str>,
-    tx: &mpsc::Sender<Report>,
+    tx: &mpsc::Sender<Msg>,
     slots: &Semaphore,
     hedge: Duration,
 ) -> RoundEnd {
@@ -327,10 +554,10 @@ async fn round(
     let send = |o: ProbeOutcome| async {
         let ok_rtt = o.ok.then_some(o.rtt);
         let gone = tx
-            .send(Report {
+            .send(Msg::Report(Report {
                 key: key.clone(),
                 outcome: o,
-            })
+            }))
             .await
             .is_err();
         (gone, ok_rtt)

@@ -29,6 +29,7 @@ use serde::Serialize;
 use crate::geo::GeoPoint;
 use crate::health::{HealthSnapshot, MonitorState};
 use crate::locate::{Code, Location};
+use crate::ops::metrics::Counter;
 use model::{Estimate, Model};
 
 /// Traffic Manager's routing methods.
@@ -141,6 +142,8 @@ pub struct Endpoint {
     pub min_child_v6: usize,
     /// How it is probed; `None` = Unmonitored (always served) or nested.
     pub monitor: Option<crate::health::monitor::MonitorSpec>,
+    /// Answers naming this endpoint since the table was loaded.
+    pub answers: Counter,
 }
 
 /// One traffic profile.
@@ -162,6 +165,10 @@ pub struct Profile {
     pub endpoints: Vec<Endpoint>,
     /// Whether any endpoint (recursively) has IPv4 / IPv6 / hostname targets.
     pub can_answer: [bool; 3],
+    /// Decisions made since the table was loaded.
+    pub queries: Counter,
+    /// Decisions that failed open.
+    pub fail_open: Counter,
 }
 
 /// Address family asked for.
@@ -249,8 +256,10 @@ pub enum Scope {
 pub struct Selection<'t> {
     /// Records to answer with (A, AAAA or one CNAME).
     pub records: Vec<&'t Record>,
-    /// Endpoints chosen, outermost first.
+    /// Endpoints chosen (their keys), outermost first.
     pub chosen: Vec<&'t str>,
+    /// The chosen endpoints themselves (for per-endpoint counters).
+    pub picked: Vec<&'t Endpoint>,
     /// TTL to answer with.
     pub ttl: u32,
     /// ECS scope prefix to answer with (0 when no ECS was sent).
@@ -367,9 +376,24 @@ impl RoutingTable {
     }
 
     /// Monitor state of an endpoint as routing sees it.
-    fn state(&self, ep: &Endpoint, health: &HealthSnapshot, depth: usize) -> MonitorState {
+    fn state(
+        &self,
+        ep: &Endpoint,
+        health: &HealthSnapshot,
+        client: &Client,
+        depth: usize,
+    ) -> MonitorState {
         if !ep.enabled {
             return MonitorState::Disabled;
+        }
+        let h = health.get(&ep.key);
+        if let Some(f) = &h.forced
+            && f.applies_to(client.loc.addr)
+        {
+            return match f.action {
+                crate::health::ForceAction::Down => MonitorState::ForcedDown,
+                crate::health::ForceAction::Up => MonitorState::ForcedUp,
+            };
         }
         match &ep.target {
             Target::Nested(c) => {
@@ -379,7 +403,7 @@ impl RoutingTable {
                 let child = &self.profiles[*c];
                 let (mut all, mut v4, mut v6) = (0, 0, 0);
                 for e in &child.endpoints {
-                    if self.state(e, health, depth + 1).serves() {
+                    if self.state(e, health, client, depth + 1).serves() {
                         all += 1;
                         v4 += usize::from(self.eligible(e, Family::V4));
                         v6 += usize::from(self.eligible(e, Family::V6));
@@ -391,7 +415,7 @@ impl RoutingTable {
                     MonitorState::Degraded
                 }
             }
-            _ => health.get(&ep.key).state,
+            _ => h.state,
         }
     }
 
@@ -424,7 +448,7 @@ impl RoutingTable {
         let states: Vec<MonitorState> = profile
             .endpoints
             .iter()
-            .map(|e| self.state(e, health, depth))
+            .map(|e| self.state(e, health, client, depth))
             .collect();
         let eligible = |i: usize| self.eligible(&profile.endpoints[i], family);
         let mut cands: Vec<usize> = (0..profile.endpoints.len())
@@ -476,6 +500,7 @@ impl RoutingTable {
         for i in picked {
             let ep = &profile.endpoints[i];
             sel.chosen.push(&ep.key);
+            sel.picked.push(ep);
             // Health-driven TTL: resolvers re-ask soon while the answer may be about to change.
             if health.get(&ep.key).short_ttl {
                 sel.ttl = sel.ttl.min(crate::health::state::SHORT_TTL);

@@ -559,6 +559,7 @@ pub fn load_profiles(
                 min_child_v4: e.min_child_endpoints_ipv4.unwrap_or(0),
                 min_child_v6: e.min_child_endpoints_ipv6.unwrap_or(0),
                 monitor,
+                answers: Default::default(),
             });
         }
         profiles.push(Profile {
@@ -570,6 +571,8 @@ pub fn load_profiles(
             sticky: p.sticky.unwrap_or(false),
             endpoints,
             can_answer: [false; 3],
+            queries: Default::default(),
+            fail_open: Default::default(),
         });
     }
     // Nested references: no cycles, depth ≤ MAX_DEPTH.

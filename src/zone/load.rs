@@ -347,6 +347,7 @@ fn build_zone(
         nodes,
         has_cuts,
         file: path.to_path_buf(),
+        queries: Default::default(),
     })
 }
 

@@ -67,6 +67,8 @@ pub struct Zone {
     pub has_cuts: bool,
     /// File it came from.
     pub file: PathBuf,
+    /// Queries answered from this zone since it was loaded.
+    pub queries: crate::ops::metrics::Counter,
 }
 
 /// The outcome of looking a name up in a zone. Borrowed from the zone: nothing is copied.

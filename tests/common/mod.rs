@@ -36,6 +36,10 @@ pub struct Server {
     pub tcp4: SocketAddr,
     /// Bound UDP address on ::1, if configured.
     pub udp6: Option<SocketAddr>,
+    /// Admin API address.
+    pub admin: Option<SocketAddr>,
+    /// The config file the server runs with.
+    pub config: PathBuf,
     /// Log lines seen so far (JSON).
     pub log: mpsc::Receiver<String>,
     /// Temporary directory holding config (and anything a test writes).
@@ -53,7 +57,16 @@ pub struct Opts {
     pub ipv6: bool,
     /// Further TOML tables appended to the config (e.g. `[routing]`).
     pub extra: String,
+    /// Extra lines inside `[admin]`.
+    pub admin_extra: String,
+    /// State file (default: in the server's temp dir).
+    pub state_file: Option<PathBuf>,
+    /// Use this config file text instead of generating one (ports must be 0).
+    pub config_path: Option<PathBuf>,
 }
+
+/// The admin token test servers use.
+pub const TOKEN: &str = "test-token-0123456789";
 
 impl Server {
     /// Starts geosteer with the repository's zones on free ports.
@@ -78,15 +91,23 @@ impl Server {
         };
         let geo = repo().join("geo");
         let config = format!(
-            "[server]\nudp = {udp}\ntcp = {tcp}\nworkers = 2\n{}\n[zones]\ndirectory = {:?}\n[log]\nlevel = \"info\"\nformat = \"json\"\n[geoip]\ncity = {:?}\nasn = {:?}\n{}\n",
+            "[server]\nudp = {udp}\ntcp = {tcp}\nworkers = 2\n{}\n[zones]\ndirectory = {:?}\n[log]\nlevel = \"info\"\nformat = \"json\"\n[geoip]\ncity = {:?}\nasn = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nstate_file = {:?}\ndrill_samples = [\"81.2.69.0/24\", \"216.160.83.0/24\", \"1.0.16.0/24\"]\n{}\n{}\n",
             opts.server_extra,
             zones.display().to_string(),
             geo.join("sample-city.mmdb").display().to_string(),
             geo.join("sample-asn.mmdb").display().to_string(),
+            opts.state_file.clone().unwrap_or_else(|| dir.path().join("state.json")).display().to_string(),
+            opts.admin_extra,
             opts.extra,
         );
-        let path = dir.path().join("geosteer.toml");
-        std::fs::write(&path, config).expect("write config");
+        let path = match &opts.config_path {
+            Some(p) => p.clone(),
+            None => {
+                let p = dir.path().join("geosteer.toml");
+                std::fs::write(&p, config).expect("write config");
+                p
+            }
+        };
         let mut child = Command::new(bin())
             .args(["serve", "--config"])
             .arg(&path)
@@ -108,6 +129,7 @@ impl Server {
         let mut udp4 = None;
         let mut tcp4 = None;
         let mut udp6 = None;
+        let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -132,6 +154,9 @@ impl Server {
                         _ => {}
                     }
                 }
+                Some("admin API listening") => {
+                    admin = f["addr"].as_str().and_then(|a| a.parse().ok());
+                }
                 Some("geosteer serving") => break,
                 _ => {}
             }
@@ -141,8 +166,10 @@ impl Server {
             udp4: udp4.expect("udp address logged"),
             tcp4: tcp4.expect("tcp address logged"),
             udp6,
+            admin,
             log: rx,
             dir,
+            config: path,
         }
     }
 

@@ -1,0 +1,515 @@
+//! The admin HTTP API (axum): health, readiness, metrics, status, explain, forced states,
+//! drills, reload, and the live map.
+//!
+//! Read-only calls are open (bind the API to loopback or a private network); calls that change
+//! what is served need `Authorization: Bearer <token>`. The token is compared in constant time
+//! and never logged; without a configured token those calls are refused.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Query, State as AxState};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::control::{Control, parse_duration};
+use super::drill::DrillRequest;
+use crate::geo::GeoPoint;
+use crate::health::{ForceAction, ForceTarget, MonitorState};
+use crate::locate::Location;
+use crate::routing::{Client, Family, Method, Target};
+
+/// Largest request body accepted (drill and force requests are tiny).
+const BODY_LIMIT: usize = 64 * 1024;
+/// The live map page (no external resources).
+const MAP_HTML: &str = include_str!("map.html");
+
+type Shared = Arc<Control>;
+
+/// Builds the router.
+pub fn router(control: Shared) -> Router {
+    Router::new()
+        .route("/", get(map_page))
+        .route("/map", get(map_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/status", get(status))
+        .route("/api/explain", get(explain))
+        .route("/api/map", get(map_data))
+        .route("/api/forced", get(forced))
+        .route("/api/force", post(force))
+        .route("/api/reload", post(reload))
+        .route("/api/drills", get(drills).post(start_drill))
+        .route("/api/drills/stop", post(stop_drills))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(control)
+}
+
+/// Serves the API on an already-bound listener until shutdown.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    control: Shared,
+    shutdown: CancellationToken,
+) {
+    let app = router(control);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        warn!(error = %e, "admin API stopped");
+    }
+}
+
+fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+/// Constant-time equality: the time taken does not depend on where the strings differ.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+/// `Some(rejection)` unless the request carries the configured bearer token.
+fn unauthorized(control: &Control, headers: &HeaderMap) -> Option<Response> {
+    let config = control.config.load();
+    let Some(token) = config.admin_token.as_deref() else {
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            "no admin token is configured ([admin] token or token_file); state-changing calls are disabled",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if ct_eq(given.as_bytes(), token.as_bytes()) {
+        None
+    } else {
+        Some(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ))
+    }
+}
+
+async fn map_page() -> Html<&'static str> {
+    Html(MAP_HTML)
+}
+
+async fn readyz(AxState(c): AxState<Shared>) -> Response {
+    let health = c.health.load();
+    if health.first_round_done {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first probe round\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(AxState(c): AxState<Shared>) -> Response {
+    let body = c.metrics.render(&c.state.load(), &c.health.load());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+#[derive(Serialize)]
+struct EndpointView {
+    name: String,
+    key: String,
+    region: Option<String>,
+    location: Option<GeoPoint>,
+    targets: Vec<String>,
+    enabled: bool,
+    state: MonitorState,
+    forced: Option<crate::health::Force>,
+    rtt_ms: Option<f64>,
+    since_unix: Option<f64>,
+    reason: Option<String>,
+    last_error: Option<String>,
+    last_stages: Vec<(String, f64)>,
+    probes_ok: u64,
+    probes_failed: u64,
+    protocol: String,
+    answers: u64,
+}
+
+#[derive(Serialize)]
+struct ProfileView {
+    name: String,
+    method: Method,
+    ttl: u32,
+    queries: u64,
+    endpoints: Vec<EndpointView>,
+}
+
+fn targets(t: &Target, profiles: &[crate::routing::Profile]) -> Vec<String> {
+    match t {
+        Target::Addrs { a, aaaa } => a.iter().chain(aaaa).map(|r| r.data.to_string()).collect(),
+        Target::Cname(r) => vec![r.data.to_string()],
+        Target::Nested(i) => vec![format!("profile {}", profiles[*i].owner)],
+    }
+}
+
+async fn status(AxState(c): AxState<Shared>) -> Response {
+    let st = c.state.load();
+    let health = c.health.load();
+    let profiles: Vec<ProfileView> = st
+        .routing
+        .profiles
+        .iter()
+        .map(|p| ProfileView {
+            name: p.owner.to_string(),
+            method: p.method,
+            ttl: p.ttl,
+            queries: p.queries.get(),
+            endpoints: p
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let h = health.get(&e.key);
+                    let d = health.details.get(&e.key);
+                    let state = if !e.enabled {
+                        MonitorState::Disabled
+                    } else {
+                        match (&h.forced, matches!(e.target, Target::Nested(_))) {
+                            (Some(f), _) if f.scope.is_empty() => match f.action {
+                                ForceAction::Down => MonitorState::ForcedDown,
+                                ForceAction::Up => MonitorState::ForcedUp,
+                            },
+                            (_, true) => MonitorState::Online,
+                            _ => h.state,
+                        }
+                    };
+                    EndpointView {
+                        name: e.name.clone(),
+                        key: e.key.to_string(),
+                        region: e.region.clone(),
+                        location: e.point,
+                        targets: targets(&e.target, &st.routing.profiles),
+                        enabled: e.enabled,
+                        state,
+                        forced: h.forced.as_deref().cloned(),
+                        rtt_ms: h.rtt_ms,
+                        since_unix: d.map(|d| d.since_unix),
+                        reason: d.map(|d| d.reason.clone()),
+                        last_error: d.and_then(|d| d.last_error.clone()),
+                        last_stages: d.map(|d| d.last_stages.clone()).unwrap_or_default(),
+                        probes_ok: d.map_or(0, |d| d.probes_ok),
+                        probes_failed: d.map_or(0, |d| d.probes_failed),
+                        protocol: d.map_or_else(|| "-".into(), |d| d.protocol.clone()),
+                        answers: e.answers.get(),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    let reload = c
+        .reload_status
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "ready": health.first_round_done,
+        "reload": reload,
+        "zones": st.zones.iter().map(|z| z.origin.to_string()).collect::<Vec<_>>(),
+        "profiles": profiles,
+        "forced": c.forced(),
+        "drills": c.drills(),
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct ExplainQuery {
+    name: String,
+    client: Option<IpAddr>,
+    ecs: Option<IpNet>,
+    #[serde(rename = "type")]
+    qtype: Option<String>,
+}
+
+async fn explain(AxState(c): AxState<Shared>, Query(q): Query<ExplainQuery>) -> Response {
+    let family = match q.qtype.as_deref() {
+        Some("AAAA") => Family::V6,
+        Some("CNAME") => Family::Any,
+        _ => Family::V4,
+    };
+    let client = q.client.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    match crate::explain::explain(
+        &c.state.load(),
+        &c.health.load(),
+        &q.name,
+        family,
+        client,
+        q.ecs,
+    ) {
+        Ok(report) => Json(json!({ "report": report, "text": report.to_string() })).into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct MapQuery {
+    profile: Option<String>,
+    step: Option<f64>,
+}
+
+/// The routing decision over a lat/lon grid, evaluated through the real model and health.
+async fn map_data(AxState(c): AxState<Shared>, Query(q): Query<MapQuery>) -> Response {
+    let state = c.state.load();
+    let health = c.health.load();
+    let table = &state.routing;
+    let pick = match &q.profile {
+        Some(name) => {
+            let want = name.trim_end_matches('.').to_ascii_lowercase();
+            table.profiles.iter().position(|p| {
+                p.owner
+                    .to_ascii()
+                    .trim_end_matches('.')
+                    .eq_ignore_ascii_case(&want)
+            })
+        }
+        None => table
+            .profiles
+            .iter()
+            .position(|p| p.method == Method::Performance),
+    };
+    let Some(pi) = pick else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no such profile (or no performance profile)",
+        );
+    };
+    let p = &table.profiles[pi];
+    let step = q.step.unwrap_or(5.0).clamp(1.0, 30.0);
+    let mut grid = Vec::new();
+    let mut lat = 90.0 - step / 2.0;
+    while lat > -90.0 {
+        let mut row = Vec::new();
+        let mut lon = -180.0 + step / 2.0;
+        while lon < 180.0 {
+            let client = Client {
+                loc: Location {
+                    point: Some(GeoPoint { lat, lon }),
+                    ..Default::default()
+                },
+                ecs_source: None,
+            };
+            let sel = table.select(pi, Family::V4, &client, &health, None);
+            let first = sel
+                .chosen
+                .first()
+                .and_then(|k| p.endpoints.iter().position(|e| &*e.key == *k));
+            row.push(first.map_or(-1, |i| i as i64));
+            lon += step;
+        }
+        grid.push(row);
+        lat -= step;
+    }
+    let endpoints: Vec<_> = p
+        .endpoints
+        .iter()
+        .map(|e| {
+            let h = health.get(&e.key);
+            let forced_down = h.forced.as_ref().is_some_and(|f| f.action == ForceAction::Down && f.scope.is_empty());
+            json!({
+                "name": e.name,
+                "region": e.region,
+                "location": e.point,
+                "state": if forced_down { MonitorState::ForcedDown } else if !e.enabled { MonitorState::Disabled } else { h.state },
+                "served": !forced_down && e.enabled && h.state.serves(),
+                "rtt_ms": h.rtt_ms,
+            })
+        })
+        .collect();
+    let profiles: Vec<String> = table.profiles.iter().map(|p| p.owner.to_string()).collect();
+    Json(json!({
+        "profile": p.owner.to_string(),
+        "profiles": profiles,
+        "step": step,
+        "endpoints": endpoints,
+        "grid": grid,
+    }))
+    .into_response()
+}
+
+async fn forced(AxState(c): AxState<Shared>) -> Response {
+    Json(c.forced()).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForceRequest {
+    /// Endpoint key (`owner/name`), or `profile` + `endpoint_name`, or `region`.
+    endpoint: Option<String>,
+    profile: Option<String>,
+    endpoint_name: Option<String>,
+    region: Option<String>,
+    /// down | up | probe (probe = lift the force)
+    action: String,
+    #[serde(default)]
+    reason: String,
+    duration: Option<String>,
+    #[serde(default)]
+    scope: Vec<IpNet>,
+}
+
+async fn force(
+    AxState(c): AxState<Shared>,
+    headers: HeaderMap,
+    Json(r): Json<ForceRequest>,
+) -> Response {
+    if let Some(resp) = unauthorized(&c, &headers) {
+        return resp;
+    }
+    let target = match (&r.endpoint, &r.profile, &r.endpoint_name, &r.region) {
+        (Some(k), None, None, None) => ForceTarget::Endpoint(k.clone()),
+        (None, Some(p), Some(e), None) => {
+            let state = c.state.load();
+            let want = p.trim_end_matches('.').to_ascii_lowercase();
+            let key = state
+                .routing
+                .profiles
+                .iter()
+                .find(|pr| {
+                    let o = pr
+                        .owner
+                        .to_ascii()
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase();
+                    o == want || o.split('.').next() == Some(want.as_str())
+                })
+                .and_then(|pr| pr.endpoints.iter().find(|x| &x.name == e))
+                .map(|x| x.key.to_string());
+            match key {
+                Some(k) => ForceTarget::Endpoint(k),
+                None => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        format!("no endpoint {e:?} in profile {p:?}"),
+                    );
+                }
+            }
+        }
+        (None, None, None, Some(reg)) => ForceTarget::Region(reg.clone()),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give endpoint (key), or profile + endpoint_name, or region",
+            );
+        }
+    };
+    let action = match r.action.as_str() {
+        "down" => Some(ForceAction::Down),
+        "up" => Some(ForceAction::Up),
+        "probe" => None,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("action {other:?}: down, up or probe"),
+            );
+        }
+    };
+    let duration = match r.duration.as_deref().map(parse_duration).transpose() {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let reason = if r.reason.is_empty() {
+        "forced via admin API".to_string()
+    } else {
+        r.reason.clone()
+    };
+    match c.force(target, action, reason, duration, r.scope).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+async fn reload(AxState(c): AxState<Shared>, headers: HeaderMap) -> Response {
+    if let Some(resp) = unauthorized(&c, &headers) {
+        return resp;
+    }
+    match c.reload("admin API").await {
+        Ok(generation) => Json(json!({ "ok": true, "generation": generation })).into_response(),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "ok": false, "error": e })),
+        )
+            .into_response(),
+    }
+}
+
+async fn drills(AxState(c): AxState<Shared>) -> Response {
+    Json(c.drills()).into_response()
+}
+
+async fn start_drill(
+    AxState(c): AxState<Shared>,
+    headers: HeaderMap,
+    Json(req): Json<DrillRequest>,
+) -> Response {
+    if let Some(resp) = unauthorized(&c, &headers) {
+        return resp;
+    }
+    match c.start_drill(req).await {
+        Ok(record) => {
+            info!(drill = %record.id, "drill via admin API");
+            Json(json!({ "record": record, "text": record.to_string() })).into_response()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct StopRequest {
+    id: Option<String>,
+}
+
+async fn stop_drills(
+    AxState(c): AxState<Shared>,
+    headers: HeaderMap,
+    body: Option<Json<StopRequest>>,
+) -> Response {
+    if let Some(resp) = unauthorized(&c, &headers) {
+        return resp;
+    }
+    let req = body.map(|b| b.0).unwrap_or_default();
+    let n = c.stop_drills(req.id.as_deref());
+    Json(json!({ "stopped": n })).into_response()
+}
+
+/// Binds the admin listener (before serving, so a bind error exits cleanly).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ct_eq;
+
+    #[test]
+    fn constant_time_compare_is_equality() {
+        assert!(ct_eq(b"secret-token-123", b"secret-token-123"));
+        assert!(!ct_eq(b"secret-token-124", b"secret-token-123"));
+        assert!(!ct_eq(b"secret", b"secret-token-123"));
+        assert!(!ct_eq(b"", b"x"));
+    }
+}

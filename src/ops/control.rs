@@ -1,0 +1,541 @@
+//! The control plane: everything that changes what the DNS path serves, in one place — reload,
+//! forced states, drills. The admin API and signal handlers call into it; the DNS path only
+//! reads the snapshots it publishes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+use super::drill::{self, DrillRecord, DrillRequest, DrillStatus, SampleResult};
+use super::metrics::Metrics;
+use super::store::Persisted;
+use crate::config::Config;
+use crate::dns::Handler;
+use crate::health::prober::Prober;
+use crate::health::{Force, ForceAction, ForceEntry, ForceTarget, HealthSnapshot};
+use crate::state::State;
+
+/// How long a drill waits for answers to move (or come back) before reporting failure.
+const VERIFY_WITHIN: Duration = Duration::from_secs(15);
+/// Poll interval while verifying.
+const VERIFY_EVERY: Duration = Duration::from_millis(20);
+
+/// Outcome of the last reload.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadStatus {
+    /// Configuration generation (1 = as started).
+    pub generation: u64,
+    /// Unix time of the last attempt.
+    pub at_unix: f64,
+    /// What triggered it.
+    pub trigger: String,
+    /// Error of the last attempt, if it failed (the previous configuration kept serving).
+    pub error: Option<String>,
+}
+
+/// Shared control-plane state.
+pub struct Control {
+    /// Config file (`None` = embedded default).
+    pub config_path: Option<PathBuf>,
+    /// Current configuration.
+    pub config: ArcSwap<Config>,
+    /// Serving state.
+    pub state: Arc<ArcSwap<State>>,
+    /// Health snapshot.
+    pub health: Arc<ArcSwap<HealthSnapshot>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The DNS request handler (drills resolve through it).
+    pub handler: Arc<Handler>,
+    /// The prober.
+    pub prober: Prober,
+    persisted: Mutex<Persisted>,
+    reload_lock: tokio::sync::Mutex<()>,
+    /// Last reload outcome.
+    pub reload_status: Mutex<ReloadStatus>,
+    drill_stops: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn now_unix_f() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Parses "10m", "90s", "1h30m".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("duration {s:?}: {e}"))
+}
+
+impl Control {
+    /// Assembles the control plane.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config_path: Option<PathBuf>,
+        config: Config,
+        state: Arc<ArcSwap<State>>,
+        health: Arc<ArcSwap<HealthSnapshot>>,
+        metrics: Arc<Metrics>,
+        handler: Arc<Handler>,
+        prober: Prober,
+        persisted: Persisted,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config_path,
+            config: ArcSwap::from_pointee(config),
+            state,
+            health,
+            metrics,
+            handler,
+            prober,
+            persisted: Mutex::new(persisted),
+            reload_lock: tokio::sync::Mutex::new(()),
+            reload_status: Mutex::new(ReloadStatus {
+                generation: 1,
+                at_unix: now_unix_f(),
+                trigger: "start".into(),
+                error: None,
+            }),
+            drill_stops: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn persisted(&self) -> std::sync::MutexGuard<'_, Persisted> {
+        // A poisoned lock only means a panic elsewhere mid-update; the data is still usable.
+        self.persisted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forced states in effect.
+    pub fn forced(&self) -> Vec<ForceEntry> {
+        let mut p = self.persisted();
+        p.prune(now_unix());
+        p.forced.clone()
+    }
+
+    /// Drill records.
+    pub fn drills(&self) -> Vec<DrillRecord> {
+        self.persisted().drills.clone()
+    }
+
+    /// Writes the state file (off the runtime) and hands the forced states to the prober.
+    async fn commit(&self) {
+        let (snapshot, path) = {
+            let mut p = self.persisted();
+            p.prune(now_unix());
+            (p.clone(), self.config.load().state_file.clone())
+        };
+        self.prober.set_forced(snapshot.forced.clone()).await;
+        let res =
+            tokio::task::spawn_blocking(move || snapshot.save(&path).map_err(|e| (path, e))).await;
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err((path, e))) => {
+                error!(file = %path.display(), error = %e, "cannot write state file; forced states will not survive a restart")
+            }
+            Err(e) => error!(error = %e, "state file writer failed"),
+        }
+    }
+
+    /// Reloads configuration, zones, profiles and GeoIP databases. Parsing happens off the
+    /// runtime; on success the new state replaces the old in one atomic swap (queries in
+    /// flight finish on the old one); on failure the old state keeps serving.
+    pub async fn reload(&self, trigger: &str) -> Result<u64, String> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> Result<(Config, State), String> {
+            let config = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
+            let state = crate::app::load_state(&config).map_err(|e| e.to_string())?;
+            Ok((config, state))
+        })
+        .await
+        .map_err(|e| format!("reload task failed: {e}"))
+        .and_then(|r| r);
+        let mut status = self
+            .reload_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        status.at_unix = now_unix_f();
+        status.trigger = trigger.to_string();
+        let result = match loaded {
+            Ok((config, state)) => {
+                let old = self.config.load();
+                if old.udp != config.udp
+                    || old.tcp != config.tcp
+                    || old.workers != config.workers
+                    || old.admin_listen != config.admin_listen
+                {
+                    warn!(
+                        "listen addresses, workers or the admin address changed: they take effect after a restart"
+                    );
+                }
+                self.state.store(Arc::new(state));
+                self.prober.reconfigure(&self.state.load().routing).await;
+                self.config.store(Arc::new(config));
+                self.metrics.reloads.inc();
+                status.generation += 1;
+                status.error = None;
+                info!(
+                    trigger,
+                    generation = status.generation,
+                    "configuration reloaded"
+                );
+                Ok(status.generation)
+            }
+            Err(e) => {
+                self.metrics.reload_errors.inc();
+                error!(trigger, error = %e, "reload failed; the previous configuration keeps serving");
+                status.error = Some(e.clone());
+                Err(e)
+            }
+        };
+        *self.reload_status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+        result
+    }
+
+    /// Resolves a profile reference (owner name or label) and endpoint name to the key.
+    fn endpoint_key(&self, profile: &str, endpoint: &str) -> Result<(String, String), String> {
+        let state = self.state.load();
+        let want = profile.trim_end_matches('.').to_ascii_lowercase();
+        let p = state
+            .routing
+            .profiles
+            .iter()
+            .find(|p| {
+                let owner = p
+                    .owner
+                    .to_ascii()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
+                owner == want || owner.split('.').next() == Some(want.as_str())
+            })
+            .ok_or_else(|| format!("no profile {profile:?}"))?;
+        let e = p
+            .endpoints
+            .iter()
+            .find(|e| e.name == endpoint)
+            .ok_or_else(|| format!("profile {} has no endpoint {endpoint:?}", p.owner))?;
+        Ok((p.owner.to_string(), e.key.to_string()))
+    }
+
+    /// Forces an endpoint or a region down/up (replacing an earlier force of the same
+    /// target), or lifts it (`action = None`: back to probing).
+    pub async fn force(
+        &self,
+        target: ForceTarget,
+        action: Option<ForceAction>,
+        reason: String,
+        duration: Option<Duration>,
+        scope: Vec<ipnet::IpNet>,
+    ) -> Result<Vec<ForceEntry>, String> {
+        // Validate the target against the current table.
+        let state = self.state.load();
+        let known = state
+            .routing
+            .profiles
+            .iter()
+            .flat_map(|p| &p.endpoints)
+            .any(|e| match &target {
+                ForceTarget::Endpoint(k) => &*e.key == k.as_str(),
+                ForceTarget::Region(r) => e.region.as_deref() == Some(r.as_str()),
+            });
+        if !known {
+            return Err(format!("no endpoint matches {target:?}"));
+        }
+        {
+            let mut p = self.persisted();
+            p.forced.retain(|f| f.target != target || f.drill.is_some());
+            if let Some(action) = action {
+                p.forced.push(ForceEntry {
+                    target: target.clone(),
+                    force: Force {
+                        action,
+                        scope,
+                        reason: reason.clone(),
+                        until: duration.map(|d| now_unix() + d.as_secs().max(1)),
+                    },
+                    drill: None,
+                });
+            }
+        }
+        info!(?target, ?action, %reason, "forced state changed");
+        self.commit().await;
+        Ok(self.forced())
+    }
+
+    fn predicted_handler(&self, key: &str, scope: &[ipnet::IpNet]) -> Handler {
+        let mut health = (**self.health.load()).clone();
+        let mut h = health.get(key).clone();
+        h.forced = Some(Arc::new(Force {
+            action: ForceAction::Down,
+            scope: scope.to_vec(),
+            reason: "dry run".into(),
+            until: None,
+        }));
+        health.set(key, h);
+        Handler::new(
+            self.state.clone(),
+            Arc::new(ArcSwap::from_pointee(health)),
+            Arc::new(Metrics::default()),
+            1232,
+        )
+    }
+
+    /// Starts a drill and returns once the move is verified (or verification timed out).
+    pub async fn start_drill(self: &Arc<Self>, req: DrillRequest) -> Result<DrillRecord, String> {
+        let duration = parse_duration(&req.duration)?;
+        let (profile, key) = self.endpoint_key(&req.profile, &req.endpoint)?;
+        if self
+            .drills()
+            .iter()
+            .any(|d| d.status == DrillStatus::Running && d.key == key)
+        {
+            return Err(format!("a drill on {key} is already running"));
+        }
+        let config = self.config.load();
+        let mut samples: Vec<ipnet::IpNet> = if req.scope.is_empty() {
+            config.drill_samples.clone()
+        } else {
+            config
+                .drill_samples
+                .iter()
+                .filter(|s| req.scope.iter().any(|n| n.contains(&s.trunc().addr())))
+                .copied()
+                .collect()
+        };
+        if samples.is_empty() {
+            samples = req.scope.clone();
+        }
+        if samples.is_empty() {
+            return Err("no sample subnets: set [admin] drill_samples or give --scope".into());
+        }
+        let started = now_unix();
+        let id = format!(
+            "d{}",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+        );
+        let predictor = self.predicted_handler(&key, &req.scope);
+        let mut results: Vec<SampleResult> = samples
+            .iter()
+            .map(|s| {
+                let before = drill::resolve(&self.handler, &profile, s);
+                let predicted = drill::resolve(&predictor, &profile, s);
+                SampleResult {
+                    subnet: *s,
+                    expected_move: before != predicted,
+                    before,
+                    predicted,
+                    during: None,
+                    moved_ms: None,
+                    after: None,
+                    back_ms: None,
+                }
+            })
+            .collect();
+        let mut record = DrillRecord {
+            id: id.clone(),
+            profile: profile.clone(),
+            endpoint: req.endpoint.clone(),
+            key: key.clone(),
+            scope: req.scope.clone(),
+            dry_run: req.dry_run,
+            started_unix: started,
+            until_unix: started + duration.as_secs().max(1),
+            status: if req.dry_run {
+                DrillStatus::DryRun
+            } else {
+                DrillStatus::Running
+            },
+            samples: Vec::new(),
+            verified_move: None,
+            verified_back: None,
+        };
+        if req.dry_run {
+            record.samples = results;
+            self.persisted().drills.push(record.clone());
+            self.commit().await;
+            return Ok(record);
+        }
+        // Force it down, then watch the answers move.
+        {
+            let mut p = self.persisted();
+            p.forced.push(ForceEntry {
+                target: ForceTarget::Endpoint(key.clone()),
+                force: Force {
+                    action: ForceAction::Down,
+                    scope: req.scope.clone(),
+                    reason: format!("drill {id}"),
+                    until: Some(record.until_unix),
+                },
+                drill: Some(id.clone()),
+            });
+        }
+        info!(drill = %id, endpoint = %key, ?duration, "drill started");
+        let forced_at = tokio::time::Instant::now();
+        self.commit().await;
+        self.watch(&profile, &mut results, forced_at, true).await;
+        record.verified_move = Some(results.iter().all(|r| {
+            let moved = r.during.as_deref() != Some(r.before.as_str());
+            moved == r.expected_move
+        }));
+        record.samples = results;
+        self.upsert_drill(record.clone());
+        self.commit().await;
+        let stop = Arc::new(Notify::new());
+        self.drill_stops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), stop.clone());
+        let me = self.clone();
+        tokio::spawn(async move { me.finish_drill(id, stop).await });
+        Ok(record)
+    }
+
+    /// Polls the samples until each shows its expected state. `moving`: waiting for the drill
+    /// answers (fills `during`/`moved_ms`); else waiting for the old answers (`after`/`back_ms`).
+    async fn watch(
+        &self,
+        profile: &str,
+        results: &mut [SampleResult],
+        since: tokio::time::Instant,
+        moving: bool,
+    ) {
+        let deadline = since + VERIFY_WITHIN;
+        loop {
+            let mut pending = false;
+            for r in results.iter_mut() {
+                let now = drill::resolve(&self.handler, profile, &r.subnet);
+                let ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+                if moving {
+                    let target_reached = if r.expected_move {
+                        now != r.before
+                    } else {
+                        true
+                    };
+                    if r.moved_ms.is_none() && r.expected_move && target_reached {
+                        r.moved_ms = Some(ms);
+                    }
+                    pending |= !target_reached;
+                    r.during = Some(now);
+                } else {
+                    let back = now == r.before;
+                    if r.back_ms.is_none() && back && r.expected_move {
+                        r.back_ms = Some(ms);
+                    }
+                    pending |= !back;
+                    r.after = Some(now);
+                }
+            }
+            if !pending || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(VERIFY_EVERY).await;
+        }
+    }
+
+    fn upsert_drill(&self, record: DrillRecord) {
+        let mut p = self.persisted();
+        match p.drills.iter_mut().find(|d| d.id == record.id) {
+            Some(d) => *d = record,
+            None => p.drills.push(record),
+        }
+    }
+
+    /// Waits for expiry or stop, lifts the force, verifies the answers came back.
+    async fn finish_drill(self: Arc<Self>, id: String, stop: Arc<Notify>) {
+        let Some(record) = self.drills().into_iter().find(|d| d.id == id) else {
+            return;
+        };
+        let left = record.until_unix.saturating_sub(now_unix());
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(left)) => false,
+            _ = stop.notified() => true,
+        };
+        self.persisted()
+            .forced
+            .retain(|f| f.drill.as_deref() != Some(id.as_str()));
+        let lifted_at = tokio::time::Instant::now();
+        self.commit().await;
+        let mut record = record;
+        let mut samples = record.samples.clone();
+        self.watch(&record.profile, &mut samples, lifted_at, false)
+            .await;
+        record.verified_back = Some(
+            samples
+                .iter()
+                .all(|s| s.after.as_deref() == Some(s.before.as_str())),
+        );
+        record.samples = samples;
+        record.status = if stopped {
+            DrillStatus::Stopped
+        } else {
+            DrillStatus::Done
+        };
+        info!(drill = %id, status = ?record.status, verified_back = ?record.verified_back, "drill ended");
+        self.upsert_drill(record);
+        self.drill_stops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        self.commit().await;
+    }
+
+    /// Stops running drills (all, or one by id). Returns how many were signalled.
+    pub fn stop_drills(&self, id: Option<&str>) -> usize {
+        let stops = self.drill_stops.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        for (k, notify) in stops.iter() {
+            if id.is_none_or(|i| i == k) {
+                notify.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// After a restart: drills that expired while down are marked, running ones resume their
+    /// wait for expiry (their force entries were restored from the state file).
+    pub async fn resume_drills(self: &Arc<Self>) {
+        let now = now_unix();
+        let mut resumed = Vec::new();
+        {
+            let mut p = self.persisted();
+            for d in p
+                .drills
+                .iter_mut()
+                .filter(|d| d.status == DrillStatus::Running)
+            {
+                if d.until_unix <= now {
+                    d.status = DrillStatus::Expired;
+                } else {
+                    resumed.push(d.id.clone());
+                }
+            }
+        }
+        for id in resumed {
+            info!(drill = %id, "resuming drill after restart");
+            let stop = Arc::new(Notify::new());
+            self.drill_stops
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone(), stop.clone());
+            let me = self.clone();
+            tokio::spawn(async move { me.finish_drill(id, stop).await });
+        }
+        self.commit().await;
+    }
+}

@@ -1,0 +1,335 @@
+//! Prometheus metrics, lock-free on the query path.
+//!
+//! Counters that belong to a zone, profile or endpoint live *in* the state snapshot (a
+//! [`Counter`] field), so counting a query is one relaxed atomic add with no lookup; they start
+//! from zero after a reload, which Prometheus' `rate()` handles as a counter reset. Global
+//! counters and the latency histogram live in [`Metrics`].
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::health::{HealthSnapshot, MonitorState};
+use crate::state::State;
+
+/// A monotonically increasing counter that can sit inside `Clone` config types (a clone copies
+/// the current value).
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Clone for Counter {
+    fn clone(&self) -> Self {
+        Self(AtomicU64::new(self.get()))
+    }
+}
+
+/// Answer-latency histogram bucket bounds, µs. Static answers take a few µs; the top buckets
+/// catch scheduling stalls.
+const LATENCY_BUCKETS_US: [u64; 10] = [5, 10, 25, 50, 100, 250, 500, 1000, 5000, 25000];
+/// Response codes tracked individually (0..=23 covers every assigned one we send).
+const RCODES: usize = 24;
+
+/// Process-wide metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// [transport][rcode] query counts (0 = udp, 1 = tcp).
+    queries: [[Counter; RCODES]; 2],
+    /// Queries carrying EDNS Client Subnet.
+    pub ecs_queries: Counter,
+    /// Packets dropped unanswered (runts, responses).
+    pub dropped: Counter,
+    latency_buckets: [Counter; LATENCY_BUCKETS_US.len()],
+    latency_count: Counter,
+    latency_sum_ns: Counter,
+    /// Successful reloads.
+    pub reloads: Counter,
+    /// Failed reloads (the old state kept serving).
+    pub reload_errors: Counter,
+    /// `_why` TXT queries answered.
+    pub why_queries: Counter,
+}
+
+fn rcode_name(r: usize) -> &'static str {
+    match r {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        16 => "BADVERS",
+        _ => "OTHER",
+    }
+}
+
+impl Metrics {
+    /// Counts one answered query.
+    pub fn query(&self, tcp: bool, rcode: u16, elapsed_ns: u64) {
+        let r = usize::from(rcode).min(RCODES - 1);
+        self.queries[usize::from(tcp)][r].inc();
+        let us = elapsed_ns / 1000;
+        if let Some(i) = LATENCY_BUCKETS_US.iter().position(|&b| us <= b) {
+            self.latency_buckets[i].inc();
+        }
+        self.latency_count.inc();
+        self.latency_sum_ns
+            .0
+            .fetch_add(elapsed_ns, Ordering::Relaxed);
+    }
+
+    /// Total queries answered with `rcode` (all transports), for tests and status.
+    pub fn answered(&self, rcode: u16) -> u64 {
+        let r = usize::from(rcode).min(RCODES - 1);
+        self.queries[0][r].get() + self.queries[1][r].get()
+    }
+
+    /// Renders everything in the Prometheus text exposition format.
+    pub fn render(&self, state: &State, health: &HealthSnapshot) -> String {
+        let mut o = String::with_capacity(8192);
+        let help = |o: &mut String, name: &str, kind: &str, text: &str| {
+            let _ = writeln!(o, "# HELP {name} {text}\n# TYPE {name} {kind}");
+        };
+        help(
+            &mut o,
+            "geosteer_queries_total",
+            "counter",
+            "DNS queries answered, by transport and response code.",
+        );
+        for (t, transport) in ["udp", "tcp"].iter().enumerate() {
+            for r in 0..RCODES {
+                let v = self.queries[t][r].get();
+                if v > 0 || r == 0 || r == 2 {
+                    let _ = writeln!(
+                        o,
+                        "geosteer_queries_total{{transport=\"{transport}\",rcode=\"{}\"}} {v}",
+                        rcode_name(r)
+                    );
+                }
+            }
+        }
+        help(
+            &mut o,
+            "geosteer_ecs_queries_total",
+            "counter",
+            "Queries carrying EDNS Client Subnet.",
+        );
+        let _ = writeln!(o, "geosteer_ecs_queries_total {}", self.ecs_queries.get());
+        help(
+            &mut o,
+            "geosteer_dropped_packets_total",
+            "counter",
+            "Packets not answered (too short, or responses).",
+        );
+        let _ = writeln!(o, "geosteer_dropped_packets_total {}", self.dropped.get());
+        help(
+            &mut o,
+            "geosteer_why_queries_total",
+            "counter",
+            "_why TXT decision traces answered.",
+        );
+        let _ = writeln!(o, "geosteer_why_queries_total {}", self.why_queries.get());
+
+        help(
+            &mut o,
+            "geosteer_answer_duration_seconds",
+            "histogram",
+            "Time from a decoded packet to an encoded answer.",
+        );
+        let mut cum = 0;
+        for (i, b) in LATENCY_BUCKETS_US.iter().enumerate() {
+            cum += self.latency_buckets[i].get();
+            let _ = writeln!(
+                o,
+                "geosteer_answer_duration_seconds_bucket{{le=\"{}\"}} {cum}",
+                *b as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            o,
+            "geosteer_answer_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+            self.latency_count.get()
+        );
+        let _ = writeln!(
+            o,
+            "geosteer_answer_duration_seconds_sum {}",
+            self.latency_sum_ns.get() as f64 / 1e9
+        );
+        let _ = writeln!(
+            o,
+            "geosteer_answer_duration_seconds_count {}",
+            self.latency_count.get()
+        );
+
+        help(
+            &mut o,
+            "geosteer_zone_queries_total",
+            "counter",
+            "Queries per zone (since the last reload).",
+        );
+        for z in state.zones.iter() {
+            let _ = writeln!(
+                o,
+                "geosteer_zone_queries_total{{zone=\"{}\"}} {}",
+                z.origin,
+                z.queries.get()
+            );
+        }
+        help(
+            &mut o,
+            "geosteer_profile_queries_total",
+            "counter",
+            "A/AAAA/CNAME decisions per traffic profile (since the last reload).",
+        );
+        for p in &state.routing.profiles {
+            let _ = writeln!(
+                o,
+                "geosteer_profile_queries_total{{profile=\"{}\"}} {}",
+                p.owner,
+                p.queries.get()
+            );
+        }
+        help(
+            &mut o,
+            "geosteer_fail_open_total",
+            "counter",
+            "Decisions that served degraded endpoints because all were degraded.",
+        );
+        for p in &state.routing.profiles {
+            let _ = writeln!(
+                o,
+                "geosteer_fail_open_total{{profile=\"{}\"}} {}",
+                p.owner,
+                p.fail_open.get()
+            );
+        }
+        help(
+            &mut o,
+            "geosteer_endpoint_answers_total",
+            "counter",
+            "Answers naming each endpoint (since the last reload).",
+        );
+        for p in &state.routing.profiles {
+            for e in &p.endpoints {
+                let _ = writeln!(
+                    o,
+                    "geosteer_endpoint_answers_total{{profile=\"{}\",endpoint=\"{}\"}} {}",
+                    p.owner,
+                    e.name,
+                    e.answers.get()
+                );
+            }
+        }
+
+        help(
+            &mut o,
+            "geosteer_endpoint_up",
+            "gauge",
+            "1 if the endpoint is served (Online, CheckingEndpoint, Unmonitored, ForcedUp).",
+        );
+        help(
+            &mut o,
+            "geosteer_endpoint_state",
+            "gauge",
+            "The endpoint's monitor state (1 for the current state).",
+        );
+        help(
+            &mut o,
+            "geosteer_endpoint_rtt_seconds",
+            "gauge",
+            "Smoothed (peak EWMA) probe round-trip time.",
+        );
+        help(
+            &mut o,
+            "geosteer_probes_total",
+            "counter",
+            "Probe results per endpoint.",
+        );
+        let mut keys: Vec<_> = health.details.keys().collect();
+        keys.sort();
+        for k in keys {
+            let d = &health.details[k];
+            let h = health.get(k);
+            let state = match (&h.forced, h.state) {
+                (Some(f), _) if f.scope.is_empty() => match f.action {
+                    crate::health::ForceAction::Down => MonitorState::ForcedDown,
+                    crate::health::ForceAction::Up => MonitorState::ForcedUp,
+                },
+                (_, s) => s,
+            };
+            let _ = writeln!(
+                o,
+                "geosteer_endpoint_up{{endpoint=\"{k}\"}} {}",
+                u8::from(state.serves())
+            );
+            let _ = writeln!(
+                o,
+                "geosteer_endpoint_state{{endpoint=\"{k}\",state=\"{state:?}\"}} 1"
+            );
+            if let Some(r) = d.rtt_ms {
+                let _ = writeln!(
+                    o,
+                    "geosteer_endpoint_rtt_seconds{{endpoint=\"{k}\"}} {}",
+                    r / 1000.0
+                );
+            }
+            let _ = writeln!(
+                o,
+                "geosteer_probes_total{{endpoint=\"{k}\",result=\"ok\"}} {}",
+                d.probes_ok
+            );
+            let _ = writeln!(
+                o,
+                "geosteer_probes_total{{endpoint=\"{k}\",result=\"failed\"}} {}",
+                d.probes_failed
+            );
+        }
+        help(
+            &mut o,
+            "geosteer_endpoint_state_changes_total",
+            "counter",
+            "Endpoint monitor state changes since start.",
+        );
+        let _ = writeln!(
+            o,
+            "geosteer_endpoint_state_changes_total {}",
+            health.state_changes
+        );
+        help(
+            &mut o,
+            "geosteer_forced_states",
+            "gauge",
+            "Forced states (operator overrides and drills) in effect.",
+        );
+        let _ = writeln!(o, "geosteer_forced_states {}", health.forced.len());
+        help(
+            &mut o,
+            "geosteer_reloads_total",
+            "counter",
+            "Successful configuration reloads.",
+        );
+        let _ = writeln!(o, "geosteer_reloads_total {}", self.reloads.get());
+        help(
+            &mut o,
+            "geosteer_reload_errors_total",
+            "counter",
+            "Failed reloads (the previous configuration kept serving).",
+        );
+        let _ = writeln!(
+            o,
+            "geosteer_reload_errors_total {}",
+            self.reload_errors.get()
+        );
+        o
+    }
+}

@@ -1,0 +1,12 @@
+//! Operations: metrics, forced states, drills, reload and the admin HTTP API.
+//!
+//! [`control::Control`] owns every change to what is served (reload, forced states, drills);
+//! [`api`] exposes it over HTTP; [`reload`] triggers reloads on SIGHUP and file changes;
+//! [`store`] keeps forced states and drills across restarts.
+
+pub mod api;
+pub mod control;
+pub mod drill;
+pub mod metrics;
+pub mod reload;
+pub mod store;
