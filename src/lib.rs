@@ -18,6 +18,7 @@
 //! (parsing, loading, probing) happens elsewhere and publishes whole snapshots.
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod explain;

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use geosteer::config::LogFormat;
 use geosteer::health::prober;
 use geosteer::routing::Family;
-use geosteer::{app, explain};
+use geosteer::{app, cli, explain};
 use ipnet::IpNet;
 
 /// Exit code for configuration errors (EX_USAGE in sysexits.h).
@@ -31,6 +31,41 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Failover drills on a running geosteer (through its admin API).
+    Drill {
+        #[command(subcommand)]
+        action: DrillAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Force an endpoint or region down/up, or back to probing (through the admin API).
+    Force {
+        /// Endpoint as profile/endpoint, e.g. mqtt/westeurope (or use --region).
+        #[arg(required_unless_present = "region")]
+        endpoint: Option<String>,
+        /// Every endpoint in this catalogue region, e.g. azure:westeurope.
+        #[arg(long, conflicts_with = "endpoint")]
+        region: Option<String>,
+        /// down, up, or probe (lift the force).
+        #[arg(long, value_parser = ["down", "up", "probe"])]
+        action: String,
+        /// Why (shown in status and logs).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Lift automatically after this long, e.g. 30m.
+        #[arg(long)]
+        duration: Option<String>,
+        /// Only for these client networks.
+        #[arg(long)]
+        scope: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Ask a running geosteer to reload its configuration (like SIGHUP).
+    Reload {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Serve DNS until SIGINT/SIGTERM.
     Serve {
         /// Configuration file (default: the embedded geosteer.toml).
@@ -66,6 +101,71 @@ enum Command {
     },
 }
 
+/// How to reach a running geosteer's admin API.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Configuration file the server runs with (for the API address and token).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Admin API base URL (overrides the configuration), e.g. http://127.0.0.1:8053.
+    #[arg(long, global = true)]
+    api: Option<String>,
+    /// Bearer token (overrides the configuration; also GEOSTEER_TOKEN).
+    #[arg(long, global = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum DrillAction {
+    /// Force an endpoint down (for some or all clients), verify that answers move, revert at
+    /// expiry.
+    Start {
+        /// Profile (owner name or its first label, e.g. mqtt).
+        #[arg(long)]
+        profile: String,
+        /// Endpoint name.
+        #[arg(long)]
+        endpoint: String,
+        /// How long, e.g. 10m.
+        #[arg(long, default_value = "10m")]
+        duration: String,
+        /// Only these client networks (CIDR); default all.
+        #[arg(long)]
+        scope: Vec<String>,
+        /// Only report what would move.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show drills and their verification.
+    Status,
+    /// Stop running drills now (they revert and verify).
+    Stop {
+        /// Only this drill.
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+fn api_call(api: ApiArgs, f: impl FnOnce(&cli::ApiTarget) -> Result<String, String>) -> ExitCode {
+    let target = match cli::ApiTarget::resolve(api.config.as_deref(), api.api, api.token) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("geosteer: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match f(&target) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("geosteer: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
 fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
@@ -81,6 +181,9 @@ fn init_logging(level: &str, format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // reqwest (admin API client) uses rustls without a built-in provider; use ring, as the
+    // probes do. Err only means one is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match app::load(config.as_deref()) {
@@ -140,6 +243,52 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Drill { action, api } => match action {
+            DrillAction::Start {
+                profile,
+                endpoint,
+                duration,
+                scope,
+                dry_run,
+            } => api_call(api, |t| {
+                cli::drill_start(t, &profile, &endpoint, &duration, &scope, dry_run)
+            }),
+            DrillAction::Status => api_call(api, cli::drill_status),
+            DrillAction::Stop { id } => api_call(api, |t| cli::drill_stop(t, id.as_deref())),
+        },
+        Command::Force {
+            endpoint,
+            region,
+            action,
+            reason,
+            duration,
+            scope,
+            api,
+        } => {
+            let mut body =
+                serde_json::json!({ "action": action, "reason": reason, "scope": scope });
+            if let Some(d) = duration {
+                body["duration"] = d.into();
+            }
+            match (endpoint, region) {
+                (Some(e), _) => match e.split_once('/') {
+                    Some((p, n)) => {
+                        body["profile"] = p.into();
+                        body["endpoint_name"] = n.into();
+                    }
+                    None => {
+                        eprintln!(
+                            "geosteer: give the endpoint as profile/endpoint, e.g. mqtt/westeurope"
+                        );
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                },
+                (None, Some(r)) => body["region"] = r.into(),
+                (None, None) => return ExitCode::from(EXIT_USAGE),
+            }
+            api_call(api, |t| cli::force(t, body))
+        }
+        Command::Reload { api } => api_call(api, cli::reload),
         Command::Serve { config } => {
             let loaded = match app::load(config.as_deref()) {
                 Ok(l) => l,

@@ -350,7 +350,13 @@ impl Handler {
             trace,
             &sel,
         );
-        let lines: Vec<String> = report.to_string().lines().map(str::to_string).collect();
+        // TXT is best kept ASCII: dig shows other bytes as escapes.
+        let lines: Vec<String> = report
+            .to_string()
+            .replace('→', "->")
+            .lines()
+            .map(str::to_string)
+            .collect();
         let records: Vec<Record> = lines
             .iter()
             .map(|l| {

@@ -96,7 +96,11 @@ impl Server {
             zones.display().to_string(),
             geo.join("sample-city.mmdb").display().to_string(),
             geo.join("sample-asn.mmdb").display().to_string(),
-            opts.state_file.clone().unwrap_or_else(|| dir.path().join("state.json")).display().to_string(),
+            opts.state_file
+                .clone()
+                .unwrap_or_else(|| dir.path().join("state.json"))
+                .display()
+                .to_string(),
             opts.admin_extra,
             opts.extra,
         );

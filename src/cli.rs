@@ -1,0 +1,142 @@
+//! Operator commands that talk to a running geosteer over its admin API: drills, forced
+//! states, reload.
+//!
+//! The API address and token come from the same configuration file the server uses (so
+//! `geosteer drill start …` on the server's host just works), or from `--api` / `--token` /
+//! the `GEOSTEER_TOKEN` environment variable.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::config::Config;
+
+/// Where and how to reach the admin API.
+pub struct ApiTarget {
+    /// Base URL, e.g. `http://127.0.0.1:8053`.
+    pub base: String,
+    /// Bearer token, if any.
+    pub token: Option<String>,
+}
+
+impl ApiTarget {
+    /// From flags, falling back to the configuration.
+    pub fn resolve(
+        config: Option<&Path>,
+        api: Option<String>,
+        token: Option<String>,
+    ) -> Result<Self, String> {
+        let token = token.or_else(|| std::env::var("GEOSTEER_TOKEN").ok());
+        if let Some(base) = api {
+            return Ok(Self {
+                base: base.trim_end_matches('/').to_string(),
+                token,
+            });
+        }
+        let cfg = Config::load(config).map_err(|e| e.to_string())?;
+        let addr: SocketAddr = cfg
+            .admin_listen
+            .ok_or("the admin API is disabled in the configuration ([admin] listen = \"\")")?;
+        Ok(Self {
+            base: format!("http://{addr}"),
+            token: token.or(cfg.admin_token),
+        })
+    }
+
+    /// Sends a request and returns the JSON body, or the API's error text.
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .map_err(|e| e.to_string())?;
+            let url = format!("{}{path}", self.base);
+            let mut req = match method {
+                "POST" => client.post(&url),
+                _ => client.get(&url),
+            };
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| format!("cannot reach {url}: {e}"))?;
+            let status = resp.status();
+            let v: Value = resp
+                .json()
+                .await
+                .map_err(|e| format!("bad response from {url}: {e}"))?;
+            if status.is_success() {
+                Ok(v)
+            } else {
+                Err(format!(
+                    "{status}: {}",
+                    v["error"].as_str().unwrap_or(&v.to_string())
+                ))
+            }
+        })
+    }
+}
+
+/// `geosteer drill start`.
+pub fn drill_start(
+    t: &ApiTarget,
+    profile: &str,
+    endpoint: &str,
+    duration: &str,
+    scope: &[String],
+    dry_run: bool,
+) -> Result<String, String> {
+    let v = t.call(
+        "POST",
+        "/api/drills",
+        Some(json!({ "profile": profile, "endpoint": endpoint, "duration": duration, "scope": scope, "dry_run": dry_run })),
+    )?;
+    Ok(v["text"].as_str().unwrap_or_default().to_string())
+}
+
+/// `geosteer drill status`.
+pub fn drill_status(t: &ApiTarget) -> Result<String, String> {
+    let v = t.call("GET", "/api/drills", None)?;
+    let drills: Vec<crate::ops::drill::DrillRecord> =
+        serde_json::from_value(v).map_err(|e| e.to_string())?;
+    if drills.is_empty() {
+        return Ok("no drills\n".into());
+    }
+    Ok(drills.iter().map(ToString::to_string).collect())
+}
+
+/// `geosteer drill stop`.
+pub fn drill_stop(t: &ApiTarget, id: Option<&str>) -> Result<String, String> {
+    let v = t.call("POST", "/api/drills/stop", Some(json!({ "id": id })))?;
+    Ok(format!(
+        "stopping {} drill(s); they revert and verify in the background\n",
+        v["stopped"]
+    ))
+}
+
+/// `geosteer force`.
+pub fn force(t: &ApiTarget, body: Value) -> Result<String, String> {
+    let v = t.call("POST", "/api/force", Some(body))?;
+    Ok(format!(
+        "{}\n",
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    ))
+}
+
+/// `geosteer reload`.
+pub fn reload(t: &ApiTarget) -> Result<String, String> {
+    let v = t.call("POST", "/api/reload", None)?;
+    Ok(format!("reloaded: generation {}\n", v["generation"]))
+}
