@@ -30,6 +30,8 @@ impl ApiTarget {
     ) -> Result<Self, String> {
         let token = token.or_else(|| std::env::var("GEOSTEER_TOKEN").ok());
         if let Some(base) = api {
+            // The token may still come from the configuration.
+            let token = token.or_else(|| Config::load(config).ok().and_then(|c| c.admin_token));
             return Ok(Self {
                 base: base.trim_end_matches('/').to_string(),
                 token,

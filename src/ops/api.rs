@@ -370,14 +370,24 @@ struct ForceRequest {
     scope: Vec<IpNet>,
 }
 
+/// Parses a JSON body *after* authentication, so unauthenticated callers learn nothing.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+}
+
 async fn force(
     AxState(c): AxState<Shared>,
     headers: HeaderMap,
-    Json(r): Json<ForceRequest>,
+    body: axum::body::Bytes,
 ) -> Response {
     if let Some(resp) = unauthorized(&c, &headers) {
         return resp;
     }
+    let r: ForceRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
     let target = match (&r.endpoint, &r.profile, &r.endpoint_name, &r.region) {
         (Some(k), None, None, None) => ForceTarget::Endpoint(k.clone()),
         (None, Some(p), Some(e), None) => {
@@ -462,11 +472,15 @@ async fn drills(AxState(c): AxState<Shared>) -> Response {
 async fn start_drill(
     AxState(c): AxState<Shared>,
     headers: HeaderMap,
-    Json(req): Json<DrillRequest>,
+    body: axum::body::Bytes,
 ) -> Response {
     if let Some(resp) = unauthorized(&c, &headers) {
         return resp;
     }
+    let req: DrillRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
     match c.start_drill(req).await {
         Ok(record) => {
             info!(drill = %record.id, "drill via admin API");
@@ -477,6 +491,7 @@ async fn start_drill(
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct StopRequest {
     id: Option<String>,
 }
@@ -484,12 +499,19 @@ struct StopRequest {
 async fn stop_drills(
     AxState(c): AxState<Shared>,
     headers: HeaderMap,
-    body: Option<Json<StopRequest>>,
+    body: axum::body::Bytes,
 ) -> Response {
     if let Some(resp) = unauthorized(&c, &headers) {
         return resp;
     }
-    let req = body.map(|b| b.0).unwrap_or_default();
+    let req: StopRequest = if body.is_empty() {
+        StopRequest::default()
+    } else {
+        match parse_body(&body) {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        }
+    };
     let n = c.stop_drills(req.id.as_deref());
     Json(json!({ "stopped": n })).into_response()
 }
