@@ -371,9 +371,13 @@ struct ForceRequest {
 }
 
 /// Parses a JSON body *after* authentication, so unauthenticated callers learn nothing.
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("bad request body: {e}"),
+        ))
+    })
 }
 
 async fn force(
@@ -386,7 +390,7 @@ async fn force(
     }
     let r: ForceRequest = match parse_body(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let target = match (&r.endpoint, &r.profile, &r.endpoint_name, &r.region) {
         (Some(k), None, None, None) => ForceTarget::Endpoint(k.clone()),
@@ -479,7 +483,7 @@ async fn start_drill(
     }
     let req: DrillRequest = match parse_body(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     match c.start_drill(req).await {
         Ok(record) => {
@@ -509,7 +513,7 @@ async fn stop_drills(
     } else {
         match parse_body(&body) {
             Ok(r) => r,
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         }
     };
     let n = c.stop_drills(req.id.as_deref());
