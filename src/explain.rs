@@ -157,6 +157,16 @@ impl fmt::Display for Report {
                         None => terms.push_str(" → no estimate"),
                     }
                 }
+                if let Some(l) = e.load {
+                    let _ = write!(terms, " load {:.0} %", l * 100.0);
+                }
+                if e.ramp < 1.0 {
+                    let _ = write!(
+                        terms,
+                        " recovering: {:.0} % of networks back",
+                        e.ramp * 100.0
+                    );
+                }
                 if !e.detail.is_empty() {
                     let _ = write!(terms, " [{}]", e.detail);
                 }

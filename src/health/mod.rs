@@ -5,6 +5,7 @@
 //! Snapshots are keyed by the endpoint's stable key (`owner/endpoint`), not by an index, so a
 //! configuration reload that keeps an endpoint keeps its health.
 
+pub mod load;
 pub mod monitor;
 pub mod probe;
 pub mod prober;
@@ -79,7 +80,7 @@ impl Force {
 }
 
 /// What routing knows about one endpoint.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EndpointHealth {
     /// Monitor state.
     pub state: MonitorState,
@@ -89,6 +90,19 @@ pub struct EndpointHealth {
     pub short_ttl: bool,
     /// Operator override, if any.
     pub forced: Option<Arc<Force>>,
+    /// Probe RTT as used for *ranking*: follows `rtt_ms` only once a change beyond the
+    /// profile's margin has persisted for its hold time (hysteresis against noise).
+    pub rank_rtt_ms: Option<f64>,
+    /// Current load / capacity (fresh data only).
+    pub load: Option<f64>,
+    /// Recovery ramp: share of client networks a just-recovered endpoint may win back (1 = all).
+    pub ramp: f64,
+}
+
+impl Default for EndpointHealth {
+    fn default() -> Self {
+        UNKNOWN.clone()
+    }
 }
 
 /// Unknown endpoints: no verdict yet.
@@ -97,6 +111,9 @@ static UNKNOWN: EndpointHealth = EndpointHealth {
     rtt_ms: None,
     short_ttl: false,
     forced: None,
+    rank_rtt_ms: None,
+    load: None,
+    ramp: 1.0,
 };
 
 /// Which endpoints a forced state targets.
@@ -142,6 +159,12 @@ pub struct EndpointStatus {
     pub probes_failed: u64,
     /// Protocol probed (`none` = unmonitored).
     pub protocol: String,
+    /// Last polled connection count, if a load source is configured.
+    pub connections: Option<f64>,
+    /// Configured capacity.
+    pub capacity: Option<f64>,
+    /// Last load-poll error.
+    pub load_error: Option<String>,
 }
 
 /// Health of every endpoint, immutable once published.

@@ -22,13 +22,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::load::{CapacitySpec, LoadPoller};
 use super::monitor::MonitorSpec;
 use super::probe::{Probe, ProbeOutcome};
 use super::state::Tracker;
 use super::{
     EndpointHealth, EndpointStatus, Force, ForceEntry, ForceTarget, HealthSnapshot, MonitorState,
 };
-use crate::routing::{RoutingTable, Target};
+use crate::routing::{RoutingTable, Stability, Target};
 
 /// Probes in flight at once across all endpoints: bounds sockets and CPU with many endpoints.
 const MAX_CONCURRENT_PROBES: usize = 256;
@@ -46,6 +47,52 @@ pub struct ProbeTarget {
     pub spec: MonitorSpec,
     /// Address to probe, or a hostname to resolve.
     pub host: ProbeHost,
+}
+
+/// A load source to poll for one endpoint.
+#[derive(Debug, Clone)]
+pub struct LoadTarget {
+    /// Endpoint key.
+    pub key: Arc<str>,
+    /// Source and limits.
+    pub spec: CapacitySpec,
+}
+
+/// Holds probe RTT changes for ranking until they persist (see `EndpointHealth::rank_rtt_ms`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Held {
+    value: Option<f64>,
+    pending_since: Option<Instant>,
+}
+
+impl Held {
+    fn update(&mut self, raw: Option<f64>, s: &Stability, now: Instant) -> Option<f64> {
+        let Some(raw) = raw else { return self.value };
+        match self.value {
+            None => self.value = Some(raw),
+            Some(held) => {
+                let margin = s.margin_ms.max(held * s.margin_pct / 100.0);
+                if (raw - held).abs() > margin {
+                    let since = *self.pending_since.get_or_insert(now);
+                    if now.saturating_duration_since(since) >= s.hold {
+                        self.value = Some(raw);
+                        self.pending_since = None;
+                    }
+                } else {
+                    self.pending_since = None;
+                }
+            }
+        }
+        self.value
+    }
+}
+
+/// Last load poll of one endpoint.
+#[derive(Debug, Clone)]
+struct LoadState {
+    connections: Option<f64>,
+    at: Option<Instant>,
+    error: Option<String>,
 }
 
 /// Where a probe goes.
@@ -127,6 +174,7 @@ struct Report {
 /// What the publisher is told.
 enum Msg {
     Report(Report),
+    Load(Arc<str>, Result<f64, String>),
     Reconfigure(Plan),
     Forced(Vec<ForceEntry>),
 }
@@ -138,6 +186,10 @@ pub struct Plan {
     unmonitored: Vec<Arc<str>>,
     /// Every endpoint key (probed, unmonitored and nested) with its region, for region forces.
     regions: Vec<(Arc<str>, Option<String>)>,
+    /// Load sources.
+    loads: Vec<LoadTarget>,
+    /// Each endpoint's profile stability settings.
+    stability: HashMap<Arc<str>, Stability>,
 }
 
 impl Plan {
@@ -153,10 +205,32 @@ impl Plan {
                     .map(|e| (e.key.clone(), e.region.clone()))
             })
             .collect();
+        let loads = table
+            .profiles
+            .iter()
+            .flat_map(|p| p.endpoints.iter())
+            .filter_map(|e| {
+                e.capacity.as_ref().map(|c| LoadTarget {
+                    key: e.key.clone(),
+                    spec: c.clone(),
+                })
+            })
+            .collect();
+        let stability = table
+            .profiles
+            .iter()
+            .flat_map(|p| {
+                p.endpoints
+                    .iter()
+                    .map(move |e| (e.key.clone(), p.stability))
+            })
+            .collect();
         Self {
             targets,
             unmonitored,
             regions,
+            loads,
+            stability,
         }
     }
 }
@@ -197,6 +271,9 @@ pub fn spawn(
         tasks: tasks.clone(),
         plan: Plan::default(),
         running: HashMap::new(),
+        running_loads: HashMap::new(),
+        loads: HashMap::new(),
+        held: HashMap::new(),
         trackers: HashMap::new(),
         details: HashMap::new(),
         forced,
@@ -219,6 +296,9 @@ struct Publisher {
     tasks: TaskTracker,
     plan: Plan,
     running: HashMap<Arc<str>, Running>,
+    running_loads: HashMap<Arc<str>, (CapacitySpec, CancellationToken)>,
+    loads: HashMap<Arc<str>, LoadState>,
+    held: HashMap<Arc<str>, Held>,
     trackers: HashMap<Arc<str>, Tracker>,
     details: HashMap<Arc<str>, EndpointStatus>,
     forced: Vec<ForceEntry>,
@@ -303,10 +383,41 @@ impl Publisher {
                     ..Default::default()
                 });
         }
+        // Load pollers: same keep/stop/start rule.
+        let wanted_loads: HashMap<Arc<str>, &LoadTarget> =
+            plan.loads.iter().map(|l| (l.key.clone(), l)).collect();
+        self.running_loads.retain(|k, (spec, stop)| {
+            let keep = wanted_loads.get(k).is_some_and(|l| &l.spec == spec);
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        self.loads.retain(|k, _| wanted_loads.contains_key(k));
+        self.held.retain(|k, _| self.running.contains_key(k));
+        for l in &plan.loads {
+            if self.running_loads.contains_key(&l.key) {
+                continue;
+            }
+            let stop = self.shutdown.child_token();
+            self.tasks
+                .spawn(load_loop(l.clone(), self.tx.clone(), stop.clone()));
+            self.running_loads
+                .insert(l.key.clone(), (l.spec.clone(), stop));
+            self.loads.insert(
+                l.key.clone(),
+                LoadState {
+                    connections: None,
+                    at: None,
+                    error: None,
+                },
+            );
+        }
         info!(
             probed = plan.targets.len(),
             started,
             unmonitored = plan.unmonitored.len(),
+            load_sources = plan.loads.len(),
             "health probing plan applied"
         );
         self.plan = plan;
@@ -333,24 +444,57 @@ impl Publisher {
                 }
             }
         }
+        let default_stability = Stability::default();
         for (key, _) in &self.plan.regions {
+            let stability = self.plan.stability.get(key).unwrap_or(&default_stability);
+            let load = self.running_loads.get(key).and_then(|(spec, _)| {
+                let l = self.loads.get(key)?;
+                let fresh =
+                    l.at.is_some_and(|at| now.saturating_duration_since(at) < spec.interval * 3);
+                if fresh {
+                    l.connections.map(|c| c / spec.capacity)
+                } else {
+                    None
+                }
+            });
             let base = match (self.trackers.get(key), self.plan.unmonitored.contains(key)) {
-                (Some(t), _) => EndpointHealth {
-                    state: t.state(),
-                    rtt_ms: t.rtt_ms(),
-                    short_ttl: t.short_ttl(now),
-                    forced: None,
-                },
+                (Some(t), _) => {
+                    let ramp = match (t.recovered_at(), stability.ramp.is_zero()) {
+                        (Some(at), false) => (now.saturating_duration_since(at).as_secs_f64()
+                            / stability.ramp.as_secs_f64())
+                        .min(1.0),
+                        _ => 1.0,
+                    };
+                    let rank = self.held.entry(key.clone()).or_default().update(
+                        t.rtt_ms(),
+                        stability,
+                        now,
+                    );
+                    EndpointHealth {
+                        state: t.state(),
+                        rtt_ms: t.rtt_ms(),
+                        short_ttl: t.short_ttl(now),
+                        forced: None,
+                        rank_rtt_ms: rank,
+                        load,
+                        ramp,
+                    }
+                }
                 (None, true) => EndpointHealth {
                     state: MonitorState::Unmonitored,
+                    load,
                     ..Default::default()
                 },
-                (None, false) => EndpointHealth::default(),
+                (None, false) => EndpointHealth {
+                    load,
+                    ..Default::default()
+                },
             };
             let forced = forced_by_key.get(key).cloned();
             if forced.is_some()
                 || self.trackers.contains_key(key)
                 || self.plan.unmonitored.contains(key)
+                || base.load.is_some()
             {
                 snap.set(key, EndpointHealth { forced, ..base });
             }
@@ -363,6 +507,13 @@ impl Publisher {
                 d.since_unix = unix - now.saturating_duration_since(since).as_secs_f64();
                 d.reason = reason.to_string();
             }
+        }
+        for (k, (spec, _)) in &self.running_loads {
+            let l = self.loads.get(k);
+            let d = self.details.entry(k.clone()).or_default();
+            d.capacity = Some(spec.capacity);
+            d.connections = l.and_then(|l| l.connections);
+            d.load_error = l.and_then(|l| l.error.clone());
         }
         snap.details = self.details.clone();
         snap.first_round_done = self.running.keys().all(|k| {
@@ -387,7 +538,11 @@ impl Publisher {
                 m = rx.recv() => match m { Some(m) => m, None => return },
                 _ = tick.tick() => {
                     // RTT updates, short-TTL windows and forced states that expire with time.
-                    if dirty || !self.forced.is_empty() || self.trackers.values().any(|t| t.short_ttl(Instant::now())) {
+                    if dirty
+                        || !self.forced.is_empty()
+                        || !self.running_loads.is_empty()
+                        || self.trackers.values().any(|t| t.short_ttl(Instant::now()))
+                    {
                         self.publish();
                         dirty = false;
                     }
@@ -398,6 +553,23 @@ impl Publisher {
                 Msg::Reconfigure(plan) => {
                     self.apply_plan(plan);
                     self.publish();
+                }
+                Msg::Load(key, result) => {
+                    if let Some(l) = self.loads.get_mut(&key) {
+                        match result {
+                            Ok(c) => {
+                                l.connections = Some(c);
+                                l.at = Some(Instant::now());
+                                l.error = None;
+                            }
+                            Err(e) => {
+                                debug!(endpoint = %key, error = %e, "load poll failed");
+                                l.error = Some(e);
+                            }
+                        }
+                        // Load moves answers (spill-over): publish at once.
+                        self.publish();
+                    }
                 }
                 Msg::Forced(f) => {
                     self.forced = f;
@@ -449,6 +621,27 @@ impl Publisher {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Polls one load source until stopped.
+async fn load_loop(t: LoadTarget, tx: mpsc::Sender<Msg>, stop: CancellationToken) {
+    let poller = match LoadPoller::new(&t.spec) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(endpoint = %t.key, error = %e, "cannot set up load polling");
+            return;
+        }
+    };
+    loop {
+        let result = poller.poll().await;
+        if tx.send(Msg::Load(t.key.clone(), result)).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(t.spec.interval) => {}
         }
     }
 }
@@ -584,5 +777,42 @@ async fn round(
             let ((g1, r1), (g2, r2)) = tokio::join!(a, b);
             if g1 || g2 { RoundEnd::PublisherGone } else { RoundEnd::Rtt(r1.or(r2)) }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn ranking_rtt_follows_only_changes_that_persist_beyond_the_margin() {
+        let s = Stability {
+            margin_ms: 10.0,
+            margin_pct: 10.0,
+            hold: Duration::from_secs(30),
+            ramp: Duration::from_secs(60),
+        };
+        let mut h = Held::default();
+        assert_eq!(h.update(Some(20.0), &s, Instant::now()), Some(20.0));
+        // Noise within the margin (10 ms here) never moves it.
+        for v in [25.0, 15.0, 29.0, 11.0] {
+            tokio::time::advance(Duration::from_secs(60)).await;
+            assert_eq!(h.update(Some(v), &s, Instant::now()), Some(20.0), "{v}");
+        }
+        // A real rise is adopted only after it has lasted `hold`.
+        assert_eq!(h.update(Some(80.0), &s, Instant::now()), Some(20.0));
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(h.update(Some(80.0), &s, Instant::now()), Some(20.0));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(h.update(Some(80.0), &s, Instant::now()), Some(80.0));
+        // A spike that ends before `hold` resets the clock.
+        assert_eq!(h.update(Some(200.0), &s, Instant::now()), Some(80.0));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(h.update(Some(82.0), &s, Instant::now()), Some(80.0));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(h.update(Some(200.0), &s, Instant::now()), Some(80.0));
+        // The margin is the larger of ms and %: 10 % of 80 = 8 < 10 ms.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(h.update(Some(200.0), &s, Instant::now()), Some(200.0));
     }
 }

@@ -145,6 +145,11 @@ impl Tracker {
         })
     }
 
+    /// When the endpoint last came back from Degraded.
+    pub fn recovered_at(&self) -> Option<Instant> {
+        self.recovered_at
+    }
+
     /// Current state.
     pub fn state(&self) -> MonitorState {
         self.state

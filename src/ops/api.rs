@@ -146,6 +146,11 @@ struct EndpointView {
     probes_failed: u64,
     protocol: String,
     answers: u64,
+    connections: Option<f64>,
+    capacity: Option<f64>,
+    load: Option<f64>,
+    load_error: Option<String>,
+    recovery_ramp: f64,
 }
 
 #[derive(Serialize)]
@@ -213,6 +218,11 @@ async fn status(AxState(c): AxState<Shared>) -> Response {
                         probes_failed: d.map_or(0, |d| d.probes_failed),
                         protocol: d.map_or_else(|| "-".into(), |d| d.protocol.clone()),
                         answers: e.answers.get(),
+                        connections: d.and_then(|d| d.connections),
+                        capacity: d.and_then(|d| d.capacity),
+                        load: h.load,
+                        load_error: d.and_then(|d| d.load_error.clone()),
+                        recovery_ramp: h.ramp,
                     }
                 })
                 .collect(),
@@ -279,10 +289,12 @@ async fn map_data(AxState(c): AxState<Shared>, Query(q): Query<MapQuery>) -> Res
         Some(name) => {
             let want = name.trim_end_matches('.').to_ascii_lowercase();
             table.profiles.iter().position(|p| {
-                p.owner
+                let o = p
+                    .owner
                     .to_ascii()
                     .trim_end_matches('.')
-                    .eq_ignore_ascii_case(&want)
+                    .to_ascii_lowercase();
+                o == want || o.split('.').next() == Some(want.as_str())
             })
         }
         None => table
@@ -332,7 +344,7 @@ async fn map_data(AxState(c): AxState<Shared>, Query(q): Query<MapQuery>) -> Res
                 "name": e.name,
                 "region": e.region,
                 "location": e.point,
-                "state": if forced_down { MonitorState::ForcedDown } else if !e.enabled { MonitorState::Disabled } else { h.state },
+                "state": if forced_down { MonitorState::ForcedDown } else if !e.enabled { MonitorState::Disabled } else if matches!(e.target, Target::Nested(_)) { MonitorState::Online } else { h.state },
                 "served": !forced_down && e.enabled && h.state.serves(),
                 "rtt_ms": h.rtt_ms,
             })

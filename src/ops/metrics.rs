@@ -296,6 +296,33 @@ impl Metrics {
         }
         help(
             &mut o,
+            "geosteer_endpoint_connections",
+            "gauge",
+            "Broker connections last polled from the endpoint's load source.",
+        );
+        help(
+            &mut o,
+            "geosteer_endpoint_capacity",
+            "gauge",
+            "Configured connection capacity.",
+        );
+        help(
+            &mut o,
+            "geosteer_endpoint_load_ratio",
+            "gauge",
+            "Connections / capacity as routing uses it (fresh data only).",
+        );
+        for (k, d) in &health.details {
+            if let (Some(c), Some(cap)) = (d.connections, d.capacity) {
+                let _ = writeln!(o, "geosteer_endpoint_connections{{endpoint=\"{k}\"}} {c}");
+                let _ = writeln!(o, "geosteer_endpoint_capacity{{endpoint=\"{k}\"}} {cap}");
+            }
+            if let Some(l) = health.get(k).load {
+                let _ = writeln!(o, "geosteer_endpoint_load_ratio{{endpoint=\"{k}\"}} {l}");
+            }
+        }
+        help(
+            &mut o,
             "geosteer_endpoint_state_changes_total",
             "counter",
             "Endpoint monitor state changes since start.",

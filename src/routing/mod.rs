@@ -144,6 +144,35 @@ pub struct Endpoint {
     pub monitor: Option<crate::health::monitor::MonitorSpec>,
     /// Answers naming this endpoint since the table was loaded.
     pub answers: Counter,
+    /// Broker load source and limits (performance method).
+    pub capacity: Option<crate::health::load::CapacitySpec>,
+}
+
+/// Anti-noise settings of a profile (`[profile.stability]`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Stability {
+    /// A latency-driven move needs the new best to beat the anchor by this many ms…
+    pub margin_ms: f64,
+    /// … and by this share of the anchor's estimate, %.
+    pub margin_pct: f64,
+    /// Probe RTT changes count for ranking only once they persist this long.
+    pub hold: std::time::Duration,
+    /// A recovered endpoint wins its clients back over this period (0 = at once).
+    pub ramp: std::time::Duration,
+}
+
+impl Default for Stability {
+    fn default() -> Self {
+        Self {
+            margin_ms: 10.0,
+            margin_pct: 10.0,
+            hold: std::time::Duration::from_secs(30),
+            // Off by default: connected MQTT clients do not follow DNS, only new connections
+            // do, so a recovered region fills gradually anyway; set a ramp for fleets whose
+            // clients reconnect often (short sessions) to avoid a burst at fail-back.
+            ramp: std::time::Duration::ZERO,
+        }
+    }
 }
 
 /// One traffic profile.
@@ -161,6 +190,8 @@ pub struct Profile {
     pub max_answers: usize,
     /// `weighted`: hash by client subnet instead of random.
     pub sticky: bool,
+    /// Hysteresis and recovery ramp.
+    pub stability: Stability,
     /// Endpoints in file order (ties go to the earlier one).
     pub endpoints: Vec<Endpoint>,
     /// Whether any endpoint (recursively) has IPv4 / IPv6 / hostname targets.
@@ -285,6 +316,10 @@ pub struct ExplainEndpoint {
     pub estimate: Option<Estimate>,
     /// Weight, priority, geo codes or subnets, as relevant to the method.
     pub detail: String,
+    /// Current load / capacity, if a load source is configured and fresh.
+    pub load: Option<f64>,
+    /// Recovery ramp share (1 = fully back).
+    pub ramp: f64,
 }
 
 /// One profile level of an explanation.
@@ -462,10 +497,33 @@ impl RoutingTable {
             failed_open = !cands.is_empty();
         }
         sel.failed_open |= failed_open;
+        // Recovery ramp: a just-recovered endpoint takes back a growing share of client
+        // networks (decided by hash, so each network moves once) instead of all at once.
+        let ramped: Vec<usize> = cands
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let r = health.get(&profile.endpoints[i].key).ramp;
+                r >= 1.0 || unit_hash(client, &profile.endpoints[i].key) < r
+            })
+            .collect();
+        let mut hashed = false;
+        if ramped.len() < cands.len() && !ramped.is_empty() {
+            cands = ramped;
+            hashed = true;
+        } else if cands
+            .iter()
+            .any(|&i| health.get(&profile.endpoints[i].key).ramp < 1.0)
+        {
+            hashed = true;
+        }
 
         let mut estimates: Vec<Option<Estimate>> = vec![None; profile.endpoints.len()];
-        let (picked, decision, level_scope) =
-            self.pick(profile, &cands, client, health, &mut estimates);
+        let (picked, decision, mut level_scope) =
+            self.pick(profile, &cands, family, client, health, &mut estimates);
+        if hashed && level_scope != Scope::Global {
+            level_scope = Scope::Source;
+        }
         // The decision holds for as many leading bits as its most specific level needs.
         *bits = (*bits).max(match level_scope {
             Scope::Global => 0,
@@ -490,6 +548,8 @@ impl RoutingTable {
                         rtt_ms: health.get(&e.key).rtt_ms,
                         estimate: estimates[i],
                         detail: detail(profile.method, e),
+                        load: health.get(&e.key).load,
+                        ramp: health.get(&e.key).ramp,
                     })
                     .collect(),
                 failed_open,
@@ -526,6 +586,7 @@ impl RoutingTable {
         &'a self,
         profile: &'a Profile,
         cands: &'a [usize],
+        family: Family,
         client: &'a Client,
         health: &'a HealthSnapshot,
         estimates: &mut [Option<Estimate>],
@@ -540,32 +601,139 @@ impl RoutingTable {
         }
         match profile.method {
             Method::Performance => {
-                let mut best: Option<(usize, f64)> = None;
                 for &i in cands {
                     let h = health.get(&eps[i].key);
                     let measured = self.measured.lookup(&client.loc, eps[i].region.as_deref());
-                    let e = self
-                        .model
-                        .estimate(client.loc.point, eps[i].point, h.rtt_ms, measured);
-                    estimates[i] = Some(e);
-                    if let Some(t) = e.total_ms
-                        && best.is_none_or(|(_, b)| t < b)
-                    {
-                        best = Some((i, t));
-                    }
+                    // Ranking uses the held RTT (hysteresis), not every probe's wobble.
+                    let rtt = h.rank_rtt_ms.or(h.rtt_ms);
+                    estimates[i] =
+                        Some(
+                            self.model
+                                .estimate(client.loc.point, eps[i].point, rtt, measured),
+                        );
                 }
-                let scope = if self.measured.networks.is_empty() {
+                let total = |i: usize| estimates[i].and_then(|e| e.total_ms);
+                // Distance (or measured) only: the client's natural home, immune to RTT noise.
+                let path = |i: usize| estimates[i].and_then(|e| e.measured_ms.or(e.distance_ms));
+                let mut scope = if self.measured.networks.is_empty() {
                     Scope::GeoNetwork
                 } else {
                     Scope::Source
                 };
-                if let Some((i, t)) = best {
-                    let name = &eps[i].name;
-                    return (
-                        vec![i],
-                        Box::new(move || format!("{name}: lowest estimate {t:.1} ms")),
-                        scope,
-                    );
+                if cands.iter().any(|&i| total(i).is_some()) {
+                    let load =
+                        |i: usize| eps[i].capacity.as_ref().zip(health.get(&eps[i].key).load);
+                    // Above the hard mark: last resort only.
+                    let pool: Vec<usize> = {
+                        let ok: Vec<usize> = cands
+                            .iter()
+                            .copied()
+                            .filter(|&i| load(i).is_none_or(|(c, r)| r < c.hard_limit))
+                            .collect();
+                        if ok.is_empty() { cands.to_vec() } else { ok }
+                    };
+                    let argmin = |f: &dyn Fn(usize) -> Option<f64>, set: &[usize]| {
+                        set.iter()
+                            .copied()
+                            .filter_map(|i| f(i).map(|v| (i, v)))
+                            .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
+                    };
+                    let Some((best, best_ms)) = argmin(&total, &pool) else {
+                        return (vec![pool[0]], Box::new(|| "no estimate".into()), scope);
+                    };
+                    let anchor = argmin(&path, &pool).map_or(best, |a| a.0);
+                    let st = &profile.stability;
+                    let anchor_ms = total(anchor).unwrap_or(best_ms);
+                    let gain = anchor_ms - best_ms;
+                    let beats = gain >= st.margin_ms && gain >= anchor_ms * st.margin_pct / 100.0;
+                    let mut chosen = if best == anchor || beats {
+                        best
+                    } else {
+                        anchor
+                    };
+                    let mut why: String = if chosen == anchor && best != anchor {
+                        format!(
+                            "{}: hysteresis held it ({} would be {gain:.1} ms better; margin {} ms and {} %)",
+                            eps[anchor].name, eps[best].name, st.margin_ms, st.margin_pct
+                        )
+                    } else {
+                        format!(
+                            "{}: lowest estimate {:.1} ms",
+                            eps[chosen].name,
+                            total(chosen).unwrap_or(best_ms)
+                        )
+                    };
+                    // Capacity: spread a failed home's clients, spill from a busy endpoint.
+                    let headroom = |i: usize| {
+                        load(i).and_then(|(c, r)| {
+                            let room = (c.high_water - r) * c.capacity;
+                            (room > 0.0).then_some(room)
+                        })
+                    };
+                    let spread = |exclude: Option<usize>, salt: &str| -> Option<usize> {
+                        let set: Vec<(usize, f64)> = pool
+                            .iter()
+                            .copied()
+                            .filter(|&i| Some(i) != exclude)
+                            .filter_map(|i| {
+                                let room = headroom(i)?;
+                                let ms = total(i)?.max(1.0);
+                                Some((i, room / (ms * ms)))
+                            })
+                            .collect();
+                        rendezvous(client, salt, set.iter().map(|&(i, w)| (i, &*eps[i].key, w)))
+                    };
+                    let all_eligible: Vec<usize> = (0..eps.len())
+                        .filter(|&i| eps[i].enabled && self.eligible(&eps[i], family))
+                        .collect();
+                    // Home: where the client would go with every endpoint healthy (the estimate
+                    // of endpoints that are not candidates is computed here, on demand).
+                    let path_any = |i: usize| {
+                        let measured = self.measured.lookup(&client.loc, eps[i].region.as_deref());
+                        let e = self
+                            .model
+                            .estimate(client.loc.point, eps[i].point, None, measured);
+                        e.measured_ms.or(e.distance_ms)
+                    };
+                    let home = argmin(&path_any, &all_eligible).map(|h| h.0);
+                    let any_load = pool.iter().any(|&i| load(i).is_some());
+                    if any_load {
+                        scope = Scope::Source;
+                    }
+                    if any_load && home.is_some_and(|h| !pool.contains(&h)) {
+                        if let Some(i) = spread(None, "spread") {
+                            let home_name = home.map_or("-", |h| eps[h].name.as_str());
+                            why = format!(
+                                "{}: home {home_name} unavailable; its clients spread by headroom and latency",
+                                eps[i].name
+                            );
+                            chosen = i;
+                        }
+                    } else if let Some((c, r)) = load(chosen)
+                        && r >= c.high_water
+                    {
+                        let p =
+                            ((r - c.high_water) / (c.hard_limit - c.high_water)).clamp(0.0, 1.0);
+                        if unit_hash(client, &format!("spill/{}", eps[chosen].key)) < p
+                            && let Some(i) = spread(Some(chosen), "spill")
+                        {
+                            why = format!(
+                                "{}: spilled from {} at {:.0} % load (spill share {:.0} %)",
+                                eps[i].name,
+                                eps[chosen].name,
+                                r * 100.0,
+                                p * 100.0
+                            );
+                            chosen = i;
+                        } else {
+                            why.push_str(&format!(
+                                "; at {:.0} % load, {:.0} % of client networks spill",
+                                r * 100.0,
+                                p * 100.0
+                            ));
+                        }
+                    }
+                    return (vec![chosen], Box::new(move || why.clone()), scope);
                 }
                 // Unknown location: lowest probe RTT, then profile order.
                 let i = cands
@@ -755,8 +923,41 @@ fn detail(method: Method, e: &Endpoint) -> String {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(","),
-        Method::Performance | Method::Multivalue => String::new(),
+        Method::Performance => match &e.capacity {
+            Some(c) => format!(
+                "capacity {} (high {:.0} %, hard {:.0} %)",
+                c.capacity,
+                c.high_water * 100.0,
+                c.hard_limit * 100.0
+            ),
+            None => String::new(),
+        },
+        Method::Multivalue => String::new(),
     }
+}
+
+/// A client network's position in [0, 1) for a salt: decides ramps and spills, the same for
+/// every query from that network (/24, /56).
+fn unit_hash(client: &Client, salt: &str) -> f64 {
+    (mix(client.sticky_key() ^ fnv(salt.as_bytes())) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Weighted rendezvous hashing over (index, key, weight): deterministic per client network,
+/// proportional to weight, and removing one option moves only its own clients.
+fn rendezvous<'k>(
+    client: &Client,
+    salt: &str,
+    set: impl Iterator<Item = (usize, &'k str, f64)>,
+) -> Option<usize> {
+    let base = client.sticky_key() ^ fnv(salt.as_bytes());
+    set.filter(|(_, _, w)| *w > 0.0)
+        .map(|(i, key, w)| {
+            let h = mix(base ^ fnv(key.as_bytes()));
+            let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            (i, w / -u.ln())
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(i, _)| i)
 }
 
 /// FNV-1a, to mix the profile into sticky hashes (different profiles spread differently).

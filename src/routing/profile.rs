@@ -15,9 +15,10 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Endpoint, GeoCode, MAX_DEPTH, Method, Profile, Target};
+use super::{Endpoint, GeoCode, MAX_DEPTH, Method, Profile, Stability, Target};
 use crate::config::{ConfigError, ConfigErrors, line_of_offset};
 use crate::geo::{Catalogue, GeoPoint};
+use crate::health::load::{CapacitySpec, RawCapacity};
 use crate::health::monitor::{MonitorSpec, Protocol, RawMonitor};
 use crate::locate::Code;
 use crate::zone::{Zone, wire_is_subdomain, wire_lower};
@@ -45,8 +46,21 @@ struct RawProfile {
     max_answers: Option<usize>,
     sticky: Option<bool>,
     monitor: Option<Spanned<RawMonitor>>,
+    stability: Option<Spanned<RawStability>>,
     #[serde(default)]
     endpoint: Vec<Spanned<RawEndpoint>>,
+}
+
+/// `[profile.stability]` as written.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawStability {
+    margin_ms: Option<f64>,
+    margin_pct: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    hold: Option<std::time::Duration>,
+    #[serde(default, with = "humantime_serde")]
+    ramp: Option<std::time::Duration>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +82,7 @@ struct RawEndpoint {
     min_child_endpoints_ipv4: Option<usize>,
     min_child_endpoints_ipv6: Option<usize>,
     monitor: Option<Spanned<RawMonitor>>,
+    capacity: Option<Spanned<RawCapacity>>,
 }
 
 /// Where in the file an error is.
@@ -255,6 +270,28 @@ pub fn load_profiles(
                 "a profile needs at least one endpoint",
             );
         }
+        let stability = match &p.stability {
+            None => Stability::default(),
+            Some(st) => {
+                let r = st.get_ref();
+                let d = Stability::default();
+                let v = Stability {
+                    margin_ms: r.margin_ms.unwrap_or(d.margin_ms),
+                    margin_pct: r.margin_pct.unwrap_or(d.margin_pct),
+                    hold: r.hold.unwrap_or(d.hold),
+                    ramp: r.ramp.unwrap_or(d.ramp),
+                };
+                if !(v.margin_ms >= 0.0 && v.margin_pct >= 0.0 && v.margin_pct <= 100.0) {
+                    cx.err(
+                        &st.span(),
+                        "margin_ms",
+                        field("stability.margin_ms"),
+                        "margins must be >= 0 (margin_pct <= 100)",
+                    );
+                }
+                v
+            }
+        };
         let mut endpoints = Vec::new();
         let mut seen_names = HashSet::new();
         let mut seen_prio = HashMap::new();
@@ -495,6 +532,30 @@ pub fn load_profiles(
             }
             let is_nested = matches!(target, Target::Nested(_));
             // Monitor: the profile's settings, overridden field by field by the endpoint's.
+            let capacity = match &e.capacity {
+                None => None,
+                Some(c) if !uses(Method::Performance) => {
+                    cx.err(
+                        &c.span(),
+                        "source",
+                        ef("capacity"),
+                        "capacity is used by method performance",
+                    );
+                    None
+                }
+                Some(c) => match CapacitySpec::from_raw(c.get_ref()) {
+                    Ok(spec) => Some(spec),
+                    Err((key, msg)) => {
+                        cx.err(
+                            &c.span(),
+                            key,
+                            format!("profile[{pname}].endpoint[{}].capacity.{key}", e.name),
+                            msg,
+                        );
+                        None
+                    }
+                },
+            };
             let monitor = match (&p.monitor, &e.monitor) {
                 (_, Some(_)) if is_nested => {
                     cx.err(
@@ -560,6 +621,7 @@ pub fn load_profiles(
                 min_child_v6: e.min_child_endpoints_ipv6.unwrap_or(0),
                 monitor,
                 answers: Default::default(),
+                capacity,
             });
         }
         profiles.push(Profile {
@@ -569,6 +631,7 @@ pub fn load_profiles(
             ttl,
             max_answers,
             sticky: p.sticky.unwrap_or(false),
+            stability,
             endpoints,
             can_answer: [false; 3],
             queries: Default::default(),

@@ -384,9 +384,22 @@ fn performance_probe_excess_makes_a_slow_region_lose() {
         Row::new("excess below the margin keeps westeurope", "mqtt", london())
             .health(&[(WE, MonitorState::Online, Some(5.0 + margin - 5.0))])
             .expect(&[WE], &["198.51.100.10"], 20),
-        Row::new("excess above the margin loses westeurope", "mqtt", london())
-            .health(&[(WE, MonitorState::Online, Some(5.0 + margin + 5.0))])
-            .expect(&[EUS], &["198.51.100.20"], 20),
+        // Issue 6 hysteresis: beating the anchor by 5 ms is within the 10 ms / 10 % margin …
+        Row::new(
+            "excess just past break-even: hysteresis keeps westeurope",
+            "mqtt",
+            london(),
+        )
+        .health(&[(WE, MonitorState::Online, Some(5.0 + margin + 5.0))])
+        .expect(&[WE], &["198.51.100.10"], 20),
+        // … beating it by 25 ms (> 10 ms and > 10 % of ~145 ms) moves the client.
+        Row::new(
+            "excess beyond break-even plus the margin loses westeurope",
+            "mqtt",
+            london(),
+        )
+        .health(&[(WE, MonitorState::Online, Some(5.0 + margin + 25.0))])
+        .expect(&[EUS], &["198.51.100.20"], 20),
         Row::new("New York is unaffected", "mqtt", new_york())
             .health(&[rtt(WE, 205.0)])
             .expect(&[EUS], &["198.51.100.20"], 20),
@@ -2441,4 +2454,214 @@ fn the_example_profiles_load() {
     ] {
         assert_eq!(t.select(p, Family::V4, &c, &h, None).chosen, [want]);
     }
+}
+
+// ----- Issue 6: capacity-aware spill-over, spreading, recovery ramp ---------------------
+
+const CAP: &str = r#"
+[[profile]]
+name = "cap"
+method = "performance"
+
+[[profile.endpoint]]
+name = "westeurope"
+region = "azure:westeurope"
+targets = ["198.51.100.10"]
+[profile.endpoint.capacity]
+source = "emqx"
+url = "http://127.0.0.1:1/api/v5/stats?aggregate=true"
+capacity = 1000
+
+[[profile.endpoint]]
+name = "northeurope"
+region = "azure:northeurope"
+targets = ["198.51.100.11"]
+[profile.endpoint.capacity]
+source = "emqx"
+url = "http://127.0.0.1:1/api/v5/stats?aggregate=true"
+capacity = 1000
+
+[[profile.endpoint]]
+name = "eastus"
+region = "azure:eastus"
+targets = ["198.51.100.20"]
+[profile.endpoint.capacity]
+source = "emqx"
+url = "http://127.0.0.1:1/api/v5/stats?aggregate=true"
+capacity = 1000
+"#;
+
+const CWE: &str = "cap.t./westeurope";
+const CNE: &str = "cap.t./northeurope";
+const CEU: &str = "cap.t./eastus";
+
+/// Health with loads (fraction of capacity) and states.
+fn loads(entries: &[(&str, MonitorState, Option<f64>, f64)]) -> HealthSnapshot {
+    let mut h = HealthSnapshot::default();
+    for &(key, state, load, ramp) in entries {
+        h.set(
+            key,
+            EndpointHealth {
+                state,
+                load,
+                ramp,
+                ..EndpointHealth::default()
+            },
+        );
+    }
+    h
+}
+
+/// Shares of 4,000 London-area /24 networks per endpoint key.
+fn london_shares(t: &RoutingTable, h: &HealthSnapshot) -> HashMap<String, f64> {
+    let p = idx(t, "cap");
+    let n = 4000u32;
+    let mut by: HashMap<String, u32> = HashMap::new();
+    for i in 0..n {
+        let mut c = london();
+        c.loc.addr = Some(IpAddr::from(std::net::Ipv4Addr::from(
+            0x5000_0000 + (i << 8),
+        )));
+        let sel = t.select(p, Family::V4, &c, h, None);
+        *by.entry(sel.chosen[0].to_string()).or_default() += 1;
+    }
+    by.into_iter()
+        .map(|(k, v)| (k, f64::from(v) / f64::from(n)))
+        .collect()
+}
+
+#[test]
+fn below_the_high_water_mark_nothing_spills() {
+    let t = table(CAP);
+    let h = loads(&[
+        (CWE, MonitorState::Online, Some(0.70), 1.0),
+        (CNE, MonitorState::Online, Some(0.1), 1.0),
+        (CEU, MonitorState::Online, Some(0.1), 1.0),
+    ]);
+    let s = london_shares(&t, &h);
+    assert_eq!(s.get(CWE).copied(), Some(1.0), "{s:?}");
+}
+
+#[test]
+fn between_the_marks_spill_grows_progressively() {
+    let t = table(CAP);
+    // 87.5 % is half way from 80 % to 95 %: about half the networks spill.
+    let h = loads(&[
+        (CWE, MonitorState::Online, Some(0.875), 1.0),
+        (CNE, MonitorState::Online, Some(0.1), 1.0),
+        (CEU, MonitorState::Online, Some(0.1), 1.0),
+    ]);
+    let s = london_shares(&t, &h);
+    let stay = s.get(CWE).copied().unwrap_or(0.0);
+    assert!((0.46..0.54).contains(&stay), "{s:?}");
+    // Spilled clients go to the region with headroom nearest to them.
+    assert!(s.get(CNE).copied().unwrap_or(0.0) > 0.4, "{s:?}");
+    // Deterministic: the same network gets the same answer every time.
+    let again = london_shares(&t, &h);
+    assert_eq!(s, again);
+    // Past the hard mark: a last resort only.
+    let h = loads(&[
+        (CWE, MonitorState::Online, Some(0.96), 1.0),
+        (CNE, MonitorState::Online, Some(0.1), 1.0),
+        (CEU, MonitorState::Online, Some(0.1), 1.0),
+    ]);
+    let s = london_shares(&t, &h);
+    assert_eq!(s.get(CWE), None, "{s:?}");
+    // … unless every endpoint is past it.
+    let h = loads(&[
+        (CWE, MonitorState::Online, Some(0.96), 1.0),
+        (CNE, MonitorState::Online, Some(0.97), 1.0),
+        (CEU, MonitorState::Online, Some(0.99), 1.0),
+    ]);
+    assert_eq!(london_shares(&t, &h).get(CWE).copied(), Some(1.0));
+}
+
+#[test]
+fn a_failed_regions_clients_spread_over_regions_with_headroom() {
+    let t = table(CAP);
+    // Plenty of room next door: practically everyone goes to the next nearest.
+    let h = loads(&[
+        (CWE, MonitorState::Degraded, Some(0.5), 1.0),
+        (CNE, MonitorState::Online, Some(0.10), 1.0),
+        (CEU, MonitorState::Online, Some(0.10), 1.0),
+    ]);
+    let s = london_shares(&t, &h);
+    assert!(s.get(CNE).copied().unwrap_or(0.0) > 0.95, "{s:?}");
+    // Next nearest nearly full: the clients do not all pile onto it.
+    let h = loads(&[
+        (CWE, MonitorState::Degraded, Some(0.5), 1.0),
+        (CNE, MonitorState::Online, Some(0.79), 1.0),
+        (CEU, MonitorState::Online, Some(0.10), 1.0),
+    ]);
+    let s = london_shares(&t, &h);
+    let ne = s.get(CNE).copied().unwrap_or(0.0);
+    let eu = s.get(CEU).copied().unwrap_or(0.0);
+    assert!(
+        ne > 0.2 && eu > 0.2 && (ne + eu - 1.0).abs() < 1e-6,
+        "{s:?}"
+    );
+    // Next nearest at its mark: everyone goes where there is room.
+    let h = loads(&[
+        (CWE, MonitorState::Degraded, Some(0.5), 1.0),
+        (CNE, MonitorState::Online, Some(0.85), 1.0),
+        (CEU, MonitorState::Online, Some(0.10), 1.0),
+    ]);
+    let s = london_shares(&t, &h);
+    assert_eq!(s.get(CEU).copied(), Some(1.0), "{s:?}");
+    // Without load data routing is the plain next nearest.
+    let h = loads(&[(CWE, MonitorState::Degraded, None, 1.0)]);
+    assert_eq!(london_shares(&t, &h).get(CNE).copied(), Some(1.0));
+}
+
+#[test]
+fn a_recovering_endpoint_wins_back_a_growing_share() {
+    let t = table(CAP);
+    for ramp in [0.0, 0.3, 0.7, 1.0] {
+        let h = loads(&[
+            (CWE, MonitorState::Online, None, ramp),
+            (CNE, MonitorState::Online, None, 1.0),
+            (CEU, MonitorState::Online, None, 1.0),
+        ]);
+        let s = london_shares(&t, &h);
+        let back = s.get(CWE).copied().unwrap_or(0.0);
+        assert!((back - ramp).abs() < 0.04, "ramp {ramp}: {s:?}");
+    }
+    // Monotonic: a network back at 30 % stays back at 70 %.
+    let p = idx(&t, "cap");
+    for i in 0..500u32 {
+        let mut c = london();
+        c.loc.addr = Some(IpAddr::from(std::net::Ipv4Addr::from(
+            0x5000_0000 + (i << 8),
+        )));
+        let at = |r: f64| {
+            let h = loads(&[(CWE, MonitorState::Online, None, r)]);
+            t.select(p, Family::V4, &c, &h, None).chosen[0] == CWE
+        };
+        assert!(!at(0.3) || at(0.7), "network {i} went back and forth");
+    }
+}
+
+#[test]
+fn explain_shows_load_and_hysteresis() {
+    let t = table(CAP);
+    let p = idx(&t, "cap");
+    let h = loads(&[
+        (CWE, MonitorState::Online, Some(0.875), 1.0),
+        (CNE, MonitorState::Online, Some(0.1), 1.0),
+        (CEU, MonitorState::Online, Some(0.1), 1.0),
+    ]);
+    let mut x = Explain::default();
+    t.select(p, Family::V4, &london(), &h, Some(&mut x));
+    let we = &x.levels[0].endpoints[0];
+    assert_eq!(we.load, Some(0.875));
+    assert!(
+        we.detail.contains("capacity 1000 (high 80 %, hard 95 %)"),
+        "{}",
+        we.detail
+    );
+    assert!(
+        x.levels[0].decision.contains("88 % load") || x.levels[0].decision.contains("spilled"),
+        "{}",
+        x.levels[0].decision
+    );
 }
