@@ -184,12 +184,15 @@ pub fn serve(loaded: Loaded) -> anyhow::Result<()> {
         let state = Arc::new(ArcSwap::from_pointee(state));
         let health = Arc::new(ArcSwap::from_pointee(HealthSnapshot::default()));
         let metrics = Arc::new(Metrics::default());
-        let handler = Arc::new(Handler::new(
-            state.clone(),
-            health.clone(),
-            metrics.clone(),
-            config.edns_udp_payload,
-        ));
+        let handler = Arc::new(
+            Handler::new(
+                state.clone(),
+                health.clone(),
+                metrics.clone(),
+                config.edns_udp_payload,
+            )
+            .with_rrl(crate::dns::rrl::Rrl::new(config.rrl.clone())),
+        );
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let limits = TcpLimits {

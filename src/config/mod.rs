@@ -45,6 +45,36 @@ struct RawConfig {
     routing: RawRouting,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    rrl: RawRrl,
+}
+
+/// `[rrl]`: response rate limiting.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRrl {
+    enabled: bool,
+    responses_per_second: u32,
+    slip: u32,
+    ipv4_prefix: u8,
+    ipv6_prefix: u8,
+    exempt: Vec<ipnet::IpNet>,
+}
+
+impl Default for RawRrl {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            responses_per_second: 100,
+            slip: 2,
+            ipv4_prefix: 24,
+            ipv6_prefix: 56,
+            exempt: vec![
+                "127.0.0.0/8".parse().unwrap_or_default(),
+                "::1/128".parse().unwrap_or_default(),
+            ],
+        }
+    }
 }
 
 /// `[admin]`: the operator API, forced states, drills, `_why` and query logging.
@@ -262,6 +292,8 @@ pub struct Config {
     pub query_log_sample: f64,
     /// Every file this configuration was built from (watched for changes).
     pub files: Vec<PathBuf>,
+    /// Response rate limiting (`responses_per_second` 0 = off).
+    pub rrl: crate::dns::rrl::RrlConfig,
 }
 
 impl Config {
@@ -459,6 +491,14 @@ impl Config {
                 "shorter than 16 characters",
             ));
         }
+        if raw.rrl.ipv4_prefix > 32 || raw.rrl.ipv6_prefix > 128 {
+            errors.push(ConfigError::new(
+                file,
+                at("ipv4_prefix"),
+                "rrl.ipv4_prefix",
+                "prefix lengths: ipv4 at most 32, ipv6 at most 128",
+            ));
+        }
         if !(0.0..=1.0).contains(&a.query_log_sample) {
             errors.push(ConfigError::new(
                 file,
@@ -502,6 +542,17 @@ impl Config {
             drill_samples: raw.admin.drill_samples.clone(),
             reload_poll: raw.admin.reload_poll,
             query_log_sample: raw.admin.query_log_sample,
+            rrl: crate::dns::rrl::RrlConfig {
+                responses_per_second: if raw.rrl.enabled {
+                    raw.rrl.responses_per_second
+                } else {
+                    0
+                },
+                slip: raw.rrl.slip,
+                ipv4_prefix: raw.rrl.ipv4_prefix,
+                ipv6_prefix: raw.rrl.ipv6_prefix,
+                exempt: raw.rrl.exempt.clone(),
+            },
             files: if file.to_str() == Some(EMBEDDED_NAME) {
                 Vec::new()
             } else {

@@ -36,6 +36,7 @@ pub struct Handler {
     state: Arc<ArcSwap<State>>,
     health: Arc<ArcSwap<HealthSnapshot>>,
     metrics: Arc<Metrics>,
+    rrl: Option<super::rrl::Rrl>,
     edns_payload: u16,
     any_hinfo: Record,
 }
@@ -58,9 +59,16 @@ impl Handler {
             state,
             health,
             metrics,
+            rrl: None,
             edns_payload,
             any_hinfo,
         }
+    }
+
+    /// Enables response rate limiting on UDP.
+    pub fn with_rrl(mut self, rrl: super::rrl::Rrl) -> Self {
+        self.rrl = rrl.enabled().then_some(rrl);
+        self
     }
 
     /// Answers one message. Returns `false` when nothing must be sent (the packet is dropped).
@@ -101,6 +109,38 @@ impl Handler {
                 return sent;
             }
         };
+        if let (Some(rrl), Transport::Udp, Some(question)) = (&self.rrl, transport, &q.question) {
+            match rrl.check(src.ip(), question.name.lower(), question.qtype) {
+                super::rrl::Verdict::Allow => {}
+                super::rrl::Verdict::Drop => {
+                    self.metrics.rrl_dropped.inc();
+                    return false;
+                }
+                super::rrl::Verdict::Slip => {
+                    // Truncated and empty: a real client retries over TCP; a spoofed victim
+                    // gets nothing bigger than its query.
+                    self.metrics.rrl_slipped.inc();
+                    let h = ResponseHeader {
+                        id: q.id,
+                        opcode: q.opcode,
+                        rd: q.rd,
+                        cd: q.cd,
+                        tc: true,
+                        ..Default::default()
+                    };
+                    let opt = q.edns.map(|_| self.opt(None));
+                    return wire::encode(
+                        out,
+                        &h,
+                        Some(question.raw),
+                        &Sections::default(),
+                        opt.as_ref(),
+                        512,
+                    )
+                    .is_ok();
+                }
+            }
+        }
         let state = self.state.load();
         let sent = self.respond(&q, &state, src, transport, out);
         if sent && out.len() >= wire::HEADER_LEN {

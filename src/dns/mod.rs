@@ -6,6 +6,7 @@
 
 pub mod handler;
 pub mod hickory;
+pub mod rrl;
 pub mod server;
 pub mod wire;
 

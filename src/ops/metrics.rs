@@ -58,6 +58,10 @@ pub struct Metrics {
     pub reload_errors: Counter,
     /// `_why` TXT queries answered.
     pub why_queries: Counter,
+    /// UDP responses dropped by rate limiting.
+    pub rrl_dropped: Counter,
+    /// UDP responses sent truncated by rate limiting (slip).
+    pub rrl_slipped: Counter,
 }
 
 fn rcode_name(r: usize) -> &'static str {
@@ -139,6 +143,20 @@ impl Metrics {
             "_why TXT decision traces answered.",
         );
         let _ = writeln!(o, "geosteer_why_queries_total {}", self.why_queries.get());
+        help(
+            &mut o,
+            "geosteer_rrl_dropped_total",
+            "counter",
+            "UDP responses dropped by response rate limiting.",
+        );
+        let _ = writeln!(o, "geosteer_rrl_dropped_total {}", self.rrl_dropped.get());
+        help(
+            &mut o,
+            "geosteer_rrl_slipped_total",
+            "counter",
+            "UDP responses sent truncated by response rate limiting (clients retry over TCP).",
+        );
+        let _ = writeln!(o, "geosteer_rrl_slipped_total {}", self.rrl_slipped.get());
 
         help(
             &mut o,

@@ -1,0 +1,44 @@
+//! Abuse handling through the real binary: response rate limiting.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn rate_limiting_drops_or_truncates_floods_and_tcp_still_answers() {
+    let s = Server::start_with(Opts {
+        extra: "[rrl]\nresponses_per_second = 5\nslip = 2\nexempt = []\n".into(),
+        ..Default::default()
+    });
+    // Fire 40 identical queries back to back (well inside one or two seconds), then collect.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..40u16 {
+        let mut m = query("www.example.test.", RecordType::A);
+        m.metadata.id = i;
+        sock.send_to(&m.to_vec().unwrap(), s.udp4).unwrap();
+    }
+    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let (mut full, mut truncated) = (0, 0);
+    let mut buf = [0u8; 2048];
+    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        if m.metadata.truncation {
+            assert!(m.answers.is_empty(), "a slipped answer carries no records");
+            truncated += 1;
+        } else {
+            full += 1;
+        }
+    }
+    let silent = 40 - full - truncated;
+    eprintln!("40 identical queries: {full} answered, {truncated} truncated, {silent} dropped");
+    // The burst spans at most two one-second windows: at most 2 × 5 full answers.
+    assert!(full <= 10 && full >= 5, "{full}");
+    assert!(truncated > 0 && silent > 0, "{truncated} {silent}");
+    // A real client retries over TCP and gets the answer.
+    let d = s.dig(&["www.example.test", "+tcp"]);
+    assert_eq!(d.answer, vec!["www.example.test. 3600 IN A 192.0.2.10"]);
+    // Another name is not limited.
+    assert_eq!(s.dig(&["mail.example.test"]).status, "NOERROR");
+}
