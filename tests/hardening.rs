@@ -34,7 +34,7 @@ fn rate_limiting_drops_or_truncates_floods_and_tcp_still_answers() {
     let silent = 40 - full - truncated;
     eprintln!("40 identical queries: {full} answered, {truncated} truncated, {silent} dropped");
     // The burst spans at most two one-second windows: at most 2 × 5 full answers.
-    assert!(full <= 10 && full >= 5, "{full}");
+    assert!((5..=10).contains(&full), "{full}");
     assert!(truncated > 0 && silent > 0, "{truncated} {silent}");
     // A real client retries over TCP and gets the answer.
     let d = s.dig(&["www.example.test", "+tcp"]);
