@@ -19,7 +19,8 @@ fn rate_limiting_drops_or_truncates_floods_and_tcp_still_answers() {
         m.metadata.id = i;
         sock.send_to(&m.to_vec().unwrap(), s.udp4).unwrap();
     }
-    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let (mut full, mut truncated) = (0, 0);
     let mut buf = [0u8; 2048];
     while let Ok((n, _)) = sock.recv_from(&mut buf) {

@@ -35,6 +35,8 @@ use crate::routing::{RoutingTable, Stability, Target};
 const MAX_CONCURRENT_PROBES: usize = 256;
 /// How often RTT changes (not state changes: those publish at once) are published.
 const RTT_PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// How long a probe hostname's resolution is reused.
+const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 /// Shortest hedge delay before a parallel confirmation probe.
 const MIN_HEDGE: Duration = Duration::from_millis(100);
 
@@ -678,14 +680,24 @@ async fn endpoint_loop(
     let mut next = Instant::now() + jitter(t.spec.jitter);
     let mut probe: Option<(SocketAddr, Probe)> = None;
     let mut usual_rtt: Option<Duration> = None;
+    let mut resolved: Option<(SocketAddr, Instant)> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
         let round_start = Instant::now();
-        // (Re)build the probe when the address changes (hostname targets).
-        let addr = resolve(&t.host, t.spec.port).await;
+        // (Re)build the probe when the address changes (hostname targets). Hostnames are
+        // resolved at most every RESOLVE_EVERY, not before every probe.
+        let addr = match (&t.host, resolved) {
+            (ProbeHost::Name(_), Some((a, at))) if at.elapsed() < RESOLVE_EVERY => Ok(a),
+            _ => resolve(&t.host, t.spec.port).await,
+        };
+        if let Ok(a) = addr
+            && !matches!(resolved, Some((old, at)) if old == a && at.elapsed() < RESOLVE_EVERY)
+        {
+            resolved = Some((a, Instant::now()));
+        }
         let ready = match addr {
             Ok(a) => {
                 if probe.as_ref().is_none_or(|(old, _)| *old != a) {
