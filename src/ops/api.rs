@@ -286,17 +286,7 @@ async fn map_data(AxState(c): AxState<Shared>, Query(q): Query<MapQuery>) -> Res
     let health = c.health.load();
     let table = &state.routing;
     let pick = match &q.profile {
-        Some(name) => {
-            let want = name.trim_end_matches('.').to_ascii_lowercase();
-            table.profiles.iter().position(|p| {
-                let o = p
-                    .owner
-                    .to_ascii()
-                    .trim_end_matches('.')
-                    .to_ascii_lowercase();
-                o == want || o.split('.').next() == Some(want.as_str())
-            })
-        }
+        Some(name) => table.find_profile(name),
         None => table
             .profiles
             .iter()
@@ -408,20 +398,15 @@ async fn force(
         (Some(k), None, None, None) => ForceTarget::Endpoint(k.clone()),
         (None, Some(p), Some(e), None) => {
             let state = c.state.load();
-            let want = p.trim_end_matches('.').to_ascii_lowercase();
             let key = state
                 .routing
-                .profiles
-                .iter()
-                .find(|pr| {
-                    let o = pr
-                        .owner
-                        .to_ascii()
-                        .trim_end_matches('.')
-                        .to_ascii_lowercase();
-                    o == want || o.split('.').next() == Some(want.as_str())
+                .find_profile(p)
+                .and_then(|i| {
+                    state.routing.profiles[i]
+                        .endpoints
+                        .iter()
+                        .find(|x| &x.name == e)
                 })
-                .and_then(|pr| pr.endpoints.iter().find(|x| &x.name == e))
                 .map(|x| x.key.to_string());
             match key {
                 Some(k) => ForceTarget::Endpoint(k),

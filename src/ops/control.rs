@@ -208,19 +208,10 @@ impl Control {
     /// Resolves a profile reference (owner name or label) and endpoint name to the key.
     fn endpoint_key(&self, profile: &str, endpoint: &str) -> Result<(String, String), String> {
         let state = self.state.load();
-        let want = profile.trim_end_matches('.').to_ascii_lowercase();
         let p = state
             .routing
-            .profiles
-            .iter()
-            .find(|p| {
-                let owner = p
-                    .owner
-                    .to_ascii()
-                    .trim_end_matches('.')
-                    .to_ascii_lowercase();
-                owner == want || owner.split('.').next() == Some(want.as_str())
-            })
+            .find_profile(profile)
+            .map(|i| &state.routing.profiles[i])
             .ok_or_else(|| format!("no profile {profile:?}"))?;
         let e = p
             .endpoints
@@ -395,13 +386,7 @@ impl Control {
         record.samples = results;
         self.upsert_drill(record.clone());
         self.commit().await;
-        let stop = Arc::new(Notify::new());
-        self.drill_stops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), stop.clone());
-        let me = self.clone();
-        tokio::spawn(async move { me.finish_drill(id, stop).await });
+        self.spawn_finisher(id);
         Ok(record)
     }
 
@@ -453,6 +438,17 @@ impl Control {
             Some(d) => *d = record,
             None => p.drills.push(record),
         }
+    }
+
+    /// Starts the task that ends drill `id` at expiry or on `drill stop`.
+    fn spawn_finisher(self: &Arc<Self>, id: String) {
+        let stop = Arc::new(Notify::new());
+        self.drill_stops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), stop.clone());
+        let me = self.clone();
+        tokio::spawn(async move { me.finish_drill(id, stop).await });
     }
 
     /// Waits for expiry or stop, lifts the force, verifies the answers came back.
@@ -528,13 +524,7 @@ impl Control {
         }
         for id in resumed {
             info!(drill = %id, "resuming drill after restart");
-            let stop = Arc::new(Notify::new());
-            self.drill_stops
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id.clone(), stop.clone());
-            let me = self.clone();
-            tokio::spawn(async move { me.finish_drill(id, stop).await });
+            self.spawn_finisher(id);
         }
         self.commit().await;
     }

@@ -367,6 +367,26 @@ impl RoutingTable {
         self.by_owner.get(owner_wire).copied()
     }
 
+    /// A profile by its owner name (`mqtt.example.test`, trailing dot optional) or, for
+    /// operators' convenience, its first label (`mqtt`; the first profile with it wins).
+    pub fn find_profile(&self, name: &str) -> Option<usize> {
+        let want = name.trim_end_matches('.').to_ascii_lowercase();
+        let owner = |p: &Profile| {
+            p.owner
+                .to_ascii()
+                .trim_end_matches('.')
+                .to_ascii_lowercase()
+        };
+        self.profiles
+            .iter()
+            .position(|p| owner(p) == want)
+            .or_else(|| {
+                self.profiles
+                    .iter()
+                    .position(|p| owner(p).split('.').next() == Some(want.as_str()))
+            })
+    }
+
     /// Number of profiles.
     pub fn len(&self) -> usize {
         self.profiles.len()
