@@ -89,6 +89,17 @@ impl Held {
     }
 }
 
+/// Share of client networks a recovered endpoint may take back: grows linearly from 0 at
+/// recovery to 1 after `period` (always 1 without a ramp or a recovery).
+fn ramp_share(recovered_at: Option<Instant>, period: Duration, now: Instant) -> f64 {
+    match recovered_at {
+        Some(at) if !period.is_zero() => {
+            (now.saturating_duration_since(at).as_secs_f64() / period.as_secs_f64()).min(1.0)
+        }
+        _ => 1.0,
+    }
+}
+
 /// Last load poll of one endpoint.
 #[derive(Debug, Clone)]
 struct LoadState {
@@ -461,12 +472,7 @@ impl Publisher {
             });
             let base = match (self.trackers.get(key), self.plan.unmonitored.contains(key)) {
                 (Some(t), _) => {
-                    let ramp = match (t.recovered_at(), stability.ramp.is_zero()) {
-                        (Some(at), false) => (now.saturating_duration_since(at).as_secs_f64()
-                            / stability.ramp.as_secs_f64())
-                        .min(1.0),
-                        _ => 1.0,
-                    };
+                    let ramp = ramp_share(t.recovered_at(), stability.ramp, now);
                     let rank = self.held.entry(key.clone()).or_default().update(
                         t.rtt_ms(),
                         stability,
@@ -795,6 +801,30 @@ async fn round(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn recovery_ramp_grows_linearly_after_a_recovery() {
+        let mut t = Tracker::new(1, 1, Instant::now());
+        let period = Duration::from_secs(60);
+        // Never degraded: no ramp.
+        t.record(true, Duration::from_millis(1), None, Instant::now());
+        assert_eq!(ramp_share(t.recovered_at(), period, Instant::now()), 1.0);
+        t.record(false, Duration::ZERO, None, Instant::now());
+        t.record(false, Duration::ZERO, None, Instant::now());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        t.record(true, Duration::from_millis(1), None, Instant::now());
+        assert_eq!(t.state(), MonitorState::Online);
+        assert_eq!(ramp_share(t.recovered_at(), period, Instant::now()), 0.0);
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert!((ramp_share(t.recovered_at(), period, Instant::now()) - 0.25).abs() < 1e-9);
+        tokio::time::advance(Duration::from_secs(45)).await;
+        assert_eq!(ramp_share(t.recovered_at(), period, Instant::now()), 1.0);
+        // A zero period means no ramp at all.
+        assert_eq!(
+            ramp_share(Some(Instant::now()), Duration::ZERO, Instant::now()),
+            1.0
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn ranking_rtt_follows_only_changes_that_persist_beyond_the_margin() {
