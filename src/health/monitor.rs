@@ -185,16 +185,25 @@ impl MonitorSpec {
             ));
         }
         let is_http = matches!(protocol, Protocol::Http | Protocol::Https);
+        // Name the very field that does not belong, so the error points at its line.
+        let misplaced = |fields: &[(&'static str, bool)], what: &str| {
+            fields
+                .iter()
+                .find(|(_, set)| *set)
+                .map(|(f, _)| (*f, format!("{f} is only for {what} monitors")))
+        };
         if !is_http
-            && (r.path.is_some()
-                || r.method.is_some()
-                || r.headers.is_some()
-                || r.expected_status.is_some())
+            && let Some(e) = misplaced(
+                &[
+                    ("path", r.path.is_some()),
+                    ("method", r.method.is_some()),
+                    ("headers", r.headers.is_some()),
+                    ("expected_status", r.expected_status.is_some()),
+                ],
+                "http/https",
+            )
         {
-            return Err((
-                "path",
-                "path, method, headers and expected_status are for http/https monitors".into(),
-            ));
+            return Err(e);
         }
         let path = r.path.clone().unwrap_or_else(|| "/".into());
         if !path.starts_with('/') {
@@ -229,23 +238,30 @@ impl MonitorSpec {
         }
         let is_mqtt = matches!(protocol, Protocol::Mqtt | Protocol::Mqtts);
         if !is_mqtt
-            && (r.mqtt_version.is_some()
-                || r.client_id_prefix.is_some()
-                || r.username.is_some()
-                || r.password.is_some())
+            && let Some(e) = misplaced(
+                &[
+                    ("mqtt_version", r.mqtt_version.is_some()),
+                    ("client_id_prefix", r.client_id_prefix.is_some()),
+                    ("username", r.username.is_some()),
+                    ("password", r.password.is_some()),
+                ],
+                "mqtt/mqtts",
+            )
         {
-            return Err((
-                "mqtt_version",
-                "mqtt_version, client_id_prefix, username and password are for mqtt/mqtts monitors"
-                    .into(),
-            ));
+            return Err(e);
         }
         let is_tls = matches!(protocol, Protocol::Https | Protocol::Mqtts);
-        if !is_tls && (r.tls_verify.is_some() || r.ca_file.is_some() || r.sni.is_some()) {
-            return Err((
-                "tls_verify",
-                "tls_verify, ca_file and sni are for https/mqtts monitors".into(),
-            ));
+        if !is_tls
+            && let Some(e) = misplaced(
+                &[
+                    ("tls_verify", r.tls_verify.is_some()),
+                    ("ca_file", r.ca_file.is_some()),
+                    ("sni", r.sni.is_some()),
+                ],
+                "https/mqtts",
+            )
+        {
+            return Err(e);
         }
         let tolerated_failures = r.tolerated_failures.unwrap_or(1);
         let recovery = r.recovery.unwrap_or(3);
