@@ -198,6 +198,7 @@ pub fn serve(loaded: Loaded) -> anyhow::Result<()> {
         let limits = TcpLimits {
             max_connections: config.tcp_max_connections,
             idle_timeout: config.tcp_idle_timeout,
+            max_per_source: config.tcp_max_per_source,
         };
         // Probing starts before serving; answers never wait for it (unprobed = CheckingEndpoint,
         // which is served).

@@ -43,3 +43,43 @@ fn rate_limiting_drops_or_truncates_floods_and_tcp_still_answers() {
     // Another name is not limited.
     assert_eq!(s.dig(&["mail.example.test"]).status, "NOERROR");
 }
+
+#[test]
+fn one_source_cannot_hold_every_tcp_slot() {
+    let s = Server::start_with(Opts {
+        server_extra: "tcp_max_per_source = 2\ntcp_max_connections = 100".into(),
+        ..Default::default()
+    });
+    let q = query("www.example.test.", RecordType::A).to_vec().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = tcp_connect(s.tcp4);
+        tcp_send(&mut c, &q);
+        assert!(tcp_recv(&mut c).is_some(), "within the per-source limit");
+        held.push(c);
+    }
+    // A third connection from the same address is closed unanswered …
+    let mut extra = tcp_connect(s.tcp4);
+    tcp_send(&mut extra, &q);
+    assert!(
+        tcp_recv(&mut extra).is_none(),
+        "third connection from one source"
+    );
+    // … while another source address is still served.
+    let mut other = {
+        use std::net::SocketAddr;
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddr::from(([127, 0, 0, 9], 0)).into())
+            .unwrap();
+        sock.connect(&s.tcp4.into()).unwrap();
+        let c: std::net::TcpStream = sock.into();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c
+    };
+    tcp_send(&mut other, &q);
+    assert!(
+        tcp_recv(&mut other).is_some(),
+        "another source has its own budget"
+    );
+}

@@ -171,6 +171,7 @@ struct RawServer {
     #[serde(with = "humantime_serde")]
     tcp_idle_timeout: Duration,
     tcp_max_connections: usize,
+    tcp_max_per_source: usize,
     #[serde(with = "humantime_serde")]
     shutdown_grace: Duration,
 }
@@ -188,6 +189,7 @@ impl Default for RawServer {
             edns_udp_payload: 1232,
             tcp_idle_timeout: Duration::from_secs(10),
             tcp_max_connections: 1024,
+            tcp_max_per_source: 16,
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -252,6 +254,8 @@ pub struct Config {
     pub tcp_idle_timeout: Duration,
     /// Concurrent TCP connections across all listeners; more are closed at accept.
     pub tcp_max_connections: usize,
+    /// Concurrent TCP connections per source address (IPv6: per /64); 0 = no per-source limit.
+    pub tcp_max_per_source: usize,
     /// On SIGINT/SIGTERM, how long in-flight TCP connections get to finish.
     pub shutdown_grace: Duration,
     /// Directory holding `*.zone` files, resolved against the config file's directory.
@@ -523,6 +527,7 @@ impl Config {
             edns_udp_payload: s.edns_udp_payload,
             tcp_idle_timeout: s.tcp_idle_timeout,
             tcp_max_connections: s.tcp_max_connections,
+            tcp_max_per_source: s.tcp_max_per_source,
             shutdown_grace: s.shutdown_grace,
             zones_dir: base.join(raw.zones.directory),
             log_level: raw.log.level,
