@@ -110,7 +110,11 @@ impl Handler {
             }
         };
         if let (Some(rrl), Transport::Udp, Some(question)) = (&self.rrl, transport, &q.question) {
-            match rrl.check(src.ip(), question.name.lower(), question.qtype) {
+            let ecs = q
+                .edns
+                .and_then(|e| e.ecs)
+                .map(|e| (e.addr, e.source_prefix));
+            match rrl.check(src.ip(), question.name.lower(), question.qtype, ecs) {
                 super::rrl::Verdict::Allow => {}
                 super::rrl::Verdict::Drop => {
                     self.metrics.rrl_dropped.inc();

@@ -77,11 +77,28 @@ impl Rrl {
     }
 
     /// Decides for one response to `src` about `qname` (lower-cased wire) and `qtype`.
-    pub fn check(&self, src: IpAddr, qname: &[u8], qtype: u16) -> Verdict {
-        self.check_at(src, qname, qtype, now_secs())
+    ///
+    /// `ecs` (the client subnet a resolver sent: address and prefix) is part of the key: a
+    /// large resolver asking for one steered name on behalf of many client networks gets
+    /// different answers, not one repeated response, and must not be limited as a flood.
+    pub fn check(
+        &self,
+        src: IpAddr,
+        qname: &[u8],
+        qtype: u16,
+        ecs: Option<(IpAddr, u8)>,
+    ) -> Verdict {
+        self.check_at(src, qname, qtype, ecs, now_secs())
     }
 
-    fn check_at(&self, src: IpAddr, qname: &[u8], qtype: u16, now: u32) -> Verdict {
+    fn check_at(
+        &self,
+        src: IpAddr,
+        qname: &[u8],
+        qtype: u16,
+        ecs: Option<(IpAddr, u8)>,
+        now: u32,
+    ) -> Verdict {
         let c = &self.config;
         if c.responses_per_second == 0 || c.exempt.iter().any(|n| n.contains(&src)) {
             return Verdict::Allow;
@@ -97,10 +114,19 @@ impl Rrl {
         };
         // FNV-1a over network, type and name.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut ecs_bytes = [0u8; 17];
+        if let Some((addr, prefix)) = ecs {
+            match addr {
+                IpAddr::V4(a) => ecs_bytes[..4].copy_from_slice(&a.octets()),
+                IpAddr::V6(a) => ecs_bytes[..16].copy_from_slice(&a.octets()),
+            }
+            ecs_bytes[16] = prefix;
+        }
         for b in net
             .to_le_bytes()
             .iter()
             .chain(&qtype.to_le_bytes())
+            .chain(&ecs_bytes)
             .chain(qname)
         {
             h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
@@ -149,7 +175,15 @@ mod tests {
         let a: IpAddr = "198.51.100.7".parse().unwrap();
         let b: IpAddr = "198.51.100.200".parse().unwrap(); // same /24
         let verdicts: Vec<Verdict> = (0..9)
-            .map(|i| r.check_at(if i % 2 == 0 { a } else { b }, b"\x03www\x00", 1, 1000))
+            .map(|i| {
+                r.check_at(
+                    if i % 2 == 0 { a } else { b },
+                    b"\x03www\x00",
+                    1,
+                    None,
+                    1000,
+                )
+            })
             .collect();
         assert_eq!(&verdicts[..5], &[Verdict::Allow; 5]);
         assert_eq!(
@@ -157,12 +191,24 @@ mod tests {
             &[Verdict::Drop, Verdict::Slip, Verdict::Drop, Verdict::Slip]
         );
         // Another name, another network, or the next second: fresh budget.
-        assert_eq!(r.check_at(a, b"\x04mqtt\x00", 1, 1000), Verdict::Allow);
         assert_eq!(
-            r.check_at("198.51.101.7".parse().unwrap(), b"\x03www\x00", 1, 1000),
+            r.check_at(a, b"\x04mqtt\x00", 1, None, 1000),
             Verdict::Allow
         );
-        assert_eq!(r.check_at(a, b"\x03www\x00", 1, 1001), Verdict::Allow);
+        // A resolver asking on behalf of another client subnet is not a repeat.
+        let ecs = Some(("81.2.69.0".parse().unwrap(), 24));
+        assert_eq!(r.check_at(a, b"\x03www\x00", 1, ecs, 1000), Verdict::Allow);
+        assert_eq!(
+            r.check_at(
+                "198.51.101.7".parse().unwrap(),
+                b"\x03www\x00",
+                1,
+                None,
+                1000
+            ),
+            Verdict::Allow
+        );
+        assert_eq!(r.check_at(a, b"\x03www\x00", 1, None, 1001), Verdict::Allow);
     }
 
     #[test]
@@ -170,20 +216,20 @@ mod tests {
         let r = rrl(1, 0);
         for _ in 0..10 {
             assert_eq!(
-                r.check_at("127.0.0.1".parse().unwrap(), b"\x00", 1, 5),
+                r.check_at("127.0.0.1".parse().unwrap(), b"\x00", 1, None, 5),
                 Verdict::Allow
             );
         }
         let v6: IpAddr = "2001:db8:1:200::1".parse().unwrap();
-        assert_eq!(r.check_at(v6, b"\x00", 1, 5), Verdict::Allow);
+        assert_eq!(r.check_at(v6, b"\x00", 1, None, 5), Verdict::Allow);
         assert_eq!(
-            r.check_at("2001:db8:1:2ff::9".parse().unwrap(), b"\x00", 1, 5),
+            r.check_at("2001:db8:1:2ff::9".parse().unwrap(), b"\x00", 1, None, 5),
             Verdict::Drop,
             "same /56"
         );
         let off = rrl(0, 2);
         for _ in 0..10 {
-            assert_eq!(off.check_at(v6, b"\x00", 1, 5), Verdict::Allow);
+            assert_eq!(off.check_at(v6, b"\x00", 1, None, 5), Verdict::Allow);
         }
     }
 }
