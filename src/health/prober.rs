@@ -35,6 +35,8 @@ use crate::routing::{RoutingTable, Stability, Target};
 const MAX_CONCURRENT_PROBES: usize = 256;
 /// How often RTT changes (not state changes: those publish at once) are published.
 const RTT_PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// Shortest gap between two state-change publishes (bursts are coalesced).
+const URGENT_COALESCE: Duration = Duration::from_millis(20);
 /// How long a probe hostname's resolution is reused.
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 /// Shortest hedge delay before a parallel confirmation probe.
@@ -539,10 +541,22 @@ impl Publisher {
         self.publish();
         let mut tick = tokio::time::interval(RTT_PUBLISH_EVERY);
         let mut dirty = false;
+        // State changes publish at once — unless another publish happened within
+        // URGENT_COALESCE, then right after it: one snapshot per burst, not one per change
+        // (10,000 endpoints changing state at start-up would otherwise cost O(n²)).
+        let mut urgent = false;
+        let mut last_publish = Instant::now();
         loop {
             let msg = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(last_publish + URGENT_COALESCE), if urgent => {
+                    self.publish();
+                    last_publish = Instant::now();
+                    urgent = false;
+                    dirty = false;
+                    continue;
+                }
                 m = rx.recv() => match m { Some(m) => m, None => return },
                 _ = tick.tick() => {
                     // RTT updates, short-TTL windows and forced states that expire with time.
@@ -618,11 +632,10 @@ impl Publisher {
                         } else {
                             info!(endpoint = %key, from = ?c.from, to = ?c.to, reason = %c.reason, "endpoint state changed");
                         }
-                        self.publish();
-                        dirty = false;
+                        urgent = true;
                     } else if first_result {
                         // Readiness depends on first results: publish them promptly.
-                        self.publish();
+                        urgent = true;
                     } else {
                         debug!(endpoint = %key, ok = outcome.ok, rtt = ?outcome.rtt, error = ?outcome.error, "probe");
                         dirty = true;
@@ -683,7 +696,9 @@ async fn endpoint_loop(
 ) {
     let jitter = |max: Duration| max.mul_f64(fastrand::f64());
     // Start at once (after a little jitter so many endpoints do not probe in lockstep).
-    let mut next = Instant::now() + jitter(t.spec.jitter);
+    // Start within one interval at a random phase: at once for the default 1 s interval, and
+    // spread evenly for large fleets on long intervals (no start-up probe storm).
+    let mut next = Instant::now() + jitter(t.spec.interval.max(t.spec.jitter));
     let mut probe: Option<(SocketAddr, Probe)> = None;
     let mut usual_rtt: Option<Duration> = None;
     let mut resolved: Option<(SocketAddr, Instant)> = None;
