@@ -58,15 +58,37 @@ pub fn load(config_path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
 /// Builds the serving state from a validated configuration (blocking file I/O).
 pub fn load_state(config: &Config) -> Result<State, ConfigErrors> {
     let mut errors = Vec::new();
-    let catalogue = Catalogue::load(config.regions_file.as_deref())?;
+    let catalogue = Catalogue::load(config.regions_file.as_deref())
+        .map_err(|e| config.blame_all("routing.regions", e))?;
     let locator = match Locator::open(config.geoip_city.as_deref(), config.geoip_asn.as_deref()) {
         Ok(l) => l,
-        Err(mut e) => {
-            errors.append(&mut e.0);
+        Err(e) => {
+            for e in e.0 {
+                let field = if config.geoip_city.as_deref() == Some(e.file.as_path()) {
+                    "geoip.city"
+                } else {
+                    "geoip.asn"
+                };
+                errors.push(config.blame(field, e));
+            }
             Locator::default()
         }
     };
-    let zones = zone::load_dir(&config.zones_dir)?;
+    let zones = zone::load_dir(&config.zones_dir).map_err(|e| {
+        // Only the directory-level errors (missing, empty) are about the setting; errors
+        // inside a zone file keep their own file and line.
+        ConfigErrors(
+            e.0.into_iter()
+                .map(|e| {
+                    if e.file == config.zones_dir {
+                        config.blame("zones.directory", e)
+                    } else {
+                        e
+                    }
+                })
+                .collect(),
+        )
+    })?;
     let mut profiles = Vec::new();
     for z in &zones {
         let path = z.file.with_extension("toml");

@@ -86,7 +86,7 @@ fn bad_input_exits_64_naming_file_line_and_field() {
         (
             "[server]\ntcp = [\"localhost:53\"]\n",
             ZONE,
-            "{dir}/geosteer.toml:2: server.tcp: invalid socket address syntax",
+            "{dir}/geosteer.toml:2: server.tcp: \"localhost:53\": \"localhost\" is not an IP address; host names are not resolved here (write ip:port, e.g. 127.0.0.1:5353 or [::1]:5353)",
         ),
         (
             "[server]\nedns_udp_payload = 65000\n",
@@ -163,7 +163,8 @@ fn missing_zones_directory_is_reported() {
     let (code, _, err) = check(&cfg);
     assert_eq!(code, 64);
     assert!(
-        err.contains("nowhere: -: cannot read zones directory"),
+        err.contains("geosteer.toml:2: zones.directory: ")
+            && err.contains("nowhere: cannot read zones directory"),
         "{err}"
     );
 }

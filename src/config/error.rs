@@ -45,7 +45,7 @@ impl ConfigError {
     /// Converts a `toml` deserialisation error into one that names line and field.
     ///
     /// `toml` reports a byte span; the field is recovered from the text so the message reads
-    /// `geosteer.toml:4: server.udp: invalid socket address syntax` instead of a bare span.
+    /// `geosteer.toml:4: server.udp: "127.0.0.1" has no port (…)` instead of a bare span.
     pub fn from_toml(file: &Path, text: &str, err: &toml::de::Error) -> Self {
         let span = err.span().unwrap_or(0..0);
         let line = line_of_offset(text, span.start);
@@ -57,6 +57,15 @@ impl ConfigError {
             .next()
             .unwrap_or("invalid TOML")
             .trim();
+        let message = match did_you_mean(message) {
+            // Right after the unknown word, before serde's (long) list of expected ones.
+            Some(best) => message.replacen(
+                ", expected",
+                &format!(" (did you mean `{best}`?), expected"),
+                1,
+            ),
+            None => message.to_string(),
+        };
         Self::new(file, line, field, message)
     }
 }
@@ -98,6 +107,49 @@ impl From<ConfigError> for ConfigErrors {
     }
 }
 
+/// For serde's "unknown field `weigth`, expected one of `name`, `weight`, …" (or "unknown
+/// variant"), the expected word closest to the unknown one, if it is close enough to be a typo
+/// (edit distance at most a third of its length, and at least 1).
+fn did_you_mean(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let expected = rest.split_once("expected ")?.1;
+    let candidates = expected.split('`').skip(1).step_by(2);
+    let limit = (unknown.chars().count() / 3).max(1);
+    candidates
+        .map(|c| (edit_distance(&unknown.to_ascii_lowercase(), c), c))
+        .filter(|&(d, _)| d <= limit)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| c.to_string())
+}
+
+/// Levenshtein distance, counting an adjacent transposition as one edit (`weigth` → `weight`).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 /// 1-based line number of a byte offset.
 pub fn line_of_offset(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
@@ -109,20 +161,20 @@ pub fn line_of_offset(text: &str, offset: usize) -> usize {
 }
 
 /// Dotted path of the key whose key or value covers `span`: the nearest `[table]` header above
-/// plus the key on the span's line (`server.udp`). Good enough for the flat files we ship.
+/// plus the key on the span's line (`server.udp`). Entries of arrays of tables that carry a
+/// `name` key are named the way the loaders name them: `profile[mqtt].endpoint[a].weigth`
+/// rather than `profile.endpoint.weigth`, which would not say which of 40 endpoints is meant.
+/// Good enough for the flat files we ship (one header per line, `key = value` lines).
 fn field_at(text: &str, span: &Range<usize>) -> Option<String> {
     let start = span.start.min(text.len());
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
     let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
     let line = &text[line_start..line_end];
-    let mut table = None;
-    for l in text[..line_start].lines().rev() {
-        let t = l.trim();
-        if t.starts_with('[') {
-            table = Some(t.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-            break;
-        }
-    }
+    let above: Vec<&str> = text[..line_start].lines().collect();
+    let table = above
+        .iter()
+        .rposition(|l| l.trim().starts_with('['))
+        .map(|i| table_path(&above, i));
     let trimmed = line.trim();
     let key = if trimmed.starts_with('[') {
         None
@@ -139,6 +191,46 @@ fn field_at(text: &str, span: &Range<usize>) -> Option<String> {
     }
 }
 
+/// The path of the table whose header is `lines[at]`, each array-of-tables component named by
+/// the `name` key of the entry it is in (`profile[mqtt].endpoint[a]`).
+fn table_path(lines: &[&str], at: usize) -> String {
+    let header = |l: &str| {
+        let t = l.trim();
+        let array = t.starts_with("[[");
+        let path = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        (array, path)
+    };
+    let (_, path) = header(lines[at]);
+    let parts: Vec<&str> = path.split('.').map(str::trim).collect();
+    let mut out = Vec::with_capacity(parts.len());
+    for n in 1..=parts.len() {
+        let prefix = parts[..n].join(".");
+        // The entry this prefix refers to: the last `[[prefix]]` header at or above `at`.
+        let entry = lines[..=at].iter().rposition(|l| {
+            let (array, p) = header(l);
+            array && l.trim().starts_with('[') && p == prefix
+        });
+        let name = entry.and_then(|i| entry_name(&lines[i + 1..]));
+        out.push(match name {
+            Some(name) => format!("{}[{name}]", parts[n - 1]),
+            None => parts[n - 1].to_string(),
+        });
+    }
+    out.join(".")
+}
+
+/// The `name = "…"` value in the body of a table (the lines up to the next header).
+fn entry_name(body: &[&str]) -> Option<String> {
+    body.iter()
+        .map(|l| l.trim())
+        .take_while(|l| !l.starts_with('['))
+        .find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == "name").then(|| v.trim().trim_matches('"').to_ascii_lowercase())
+        })
+        .filter(|n| !n.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +244,42 @@ mod tests {
             field_at(text, &(off..off + 5)).as_deref(),
             Some("server.udp")
         );
+    }
+
+    #[test]
+    fn typos_get_a_suggestion() {
+        let m = "unknown field `weigth`, expected one of `name`, `weight`, `priority`";
+        assert_eq!(did_you_mean(m).as_deref(), Some("weight"));
+        let m = "unknown field `workerz`, expected one of `udp`, `tcp`, `workers`";
+        assert_eq!(did_you_mean(m).as_deref(), Some("workers"));
+        let m = "unknown variant `Priority`, expected one of `performance`, `priority`";
+        assert_eq!(did_you_mean(m).as_deref(), Some("priority"));
+        // Too far from every expected word: no guess.
+        let m = "unknown variant `fastest`, expected one of `performance`, `priority`";
+        assert_eq!(did_you_mean(m), None);
+        assert_eq!(did_you_mean("invalid basic string"), None);
+        assert_eq!(edit_distance("weigth", "weight"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+
+    #[test]
+    fn array_table_entries_are_named() {
+        let text = "[[profile]]\nname = \"MQTT\"\nmethod = \"weighted\"\n\n\
+                    [[profile.endpoint]]\nname = \"a\"\nweigth = 5\n\n\
+                    [profile.monitor]\nportt = 1\n\n\
+                    [[routing.measured]]\nrtt = 3\n";
+        let at = |needle: &str| {
+            let off = text.find(needle).unwrap();
+            field_at(text, &(off..off + 1))
+        };
+        assert_eq!(
+            at("weigth").as_deref(),
+            Some("profile[mqtt].endpoint[a].weigth")
+        );
+        assert_eq!(at("portt").as_deref(), Some("profile[mqtt].monitor.portt"));
+        assert_eq!(at("method").as_deref(), Some("profile[mqtt].method"));
+        // No name key: the plain path.
+        assert_eq!(at("rtt = 3").as_deref(), Some("routing.measured.rtt"));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! The file at the repository root, `geosteer.toml`, is compiled into the binary and used when
 //! no `--config` is given, so a fresh clone runs with `cargo run --release -- serve`.
 
+pub mod de;
 mod error;
 
 pub use error::{ConfigError, ConfigErrors, line_of_offset};
@@ -87,7 +88,7 @@ struct RawAdmin {
     state_file: PathBuf,
     why_acl: Vec<ipnet::IpNet>,
     drill_samples: Vec<ipnet::IpNet>,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "de::duration")]
     reload_poll: Duration,
     query_log_sample: f64,
 }
@@ -164,15 +165,17 @@ pub struct RawMeasured {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawServer {
+    #[serde(deserialize_with = "de::socket_addrs::deserialize")]
     udp: Vec<SocketAddr>,
+    #[serde(deserialize_with = "de::socket_addrs::deserialize")]
     tcp: Vec<SocketAddr>,
     workers: usize,
     edns_udp_payload: u16,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "de::duration")]
     tcp_idle_timeout: Duration,
     tcp_max_connections: usize,
     tcp_max_per_source: usize,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "de::duration")]
     shutdown_grace: Duration,
 }
 
@@ -241,6 +244,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where this configuration came from (file path or [`EMBEDDED_NAME`]).
+    /// Lines of the settings that name other files (`zones.directory`, `geoip.city`, …), so a
+    /// missing or unreadable file is reported at the line that names it ([`Config::blame`]).
+    pub path_lines: Vec<(&'static str, usize)>,
     pub source: PathBuf,
     /// UDP listen addresses.
     pub udp: Vec<SocketAddr>,
@@ -444,17 +450,14 @@ impl Config {
         let admin_listen = if a.listen.is_empty() {
             None
         } else {
-            match a.listen.parse::<SocketAddr>() {
+            match de::parse_socket_addr(&a.listen) {
                 Ok(l) => Some(l),
-                Err(_) => {
+                Err(why) => {
                     errors.push(ConfigError::new(
                         file,
                         at("listen"),
                         "admin.listen",
-                        format!(
-                            "{:?} is not an address:port (\"\" disables the API)",
-                            a.listen
-                        ),
+                        format!("{why}; \"\" disables the API"),
                     ));
                     None
                 }
@@ -520,6 +523,15 @@ impl Config {
             s.workers
         };
         Ok(Self {
+            path_lines: [
+                ("zones.directory", "directory"),
+                ("geoip.city", "city"),
+                ("geoip.asn", "asn"),
+                ("routing.regions", "regions"),
+            ]
+            .into_iter()
+            .map(|(field, key)| (field, at(key)))
+            .collect(),
             source: file.to_path_buf(),
             udp: s.udp,
             tcp: s.tcp,
@@ -564,6 +576,36 @@ impl Config {
                 vec![file.to_path_buf()]
             },
         })
+    }
+}
+
+impl Config {
+    /// Re-addresses a whole-file error about a file this configuration names (the zones
+    /// directory, a GeoIP database, the region catalogue) to the configuration line that names
+    /// it: `geosteer.toml:12: geoip.city: {path}: cannot open City database: …`. The operator
+    /// fixes the setting, not the (absent) file, so that is the line to show. Errors with a line
+    /// of their own (a syntax error inside the file) are returned unchanged.
+    pub fn blame(&self, field: &'static str, err: ConfigError) -> ConfigError {
+        if err.line != 0 {
+            return err;
+        }
+        let line = self
+            .path_lines
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map_or(0, |&(_, l)| l);
+        let default = if line == 0 { " (the default)" } else { "" };
+        ConfigError::new(
+            &self.source,
+            line,
+            field,
+            format!("{}{default}: {}", err.file.display(), err.message),
+        )
+    }
+
+    /// [`Config::blame`] for every error of a load.
+    pub fn blame_all(&self, field: &'static str, errs: ConfigErrors) -> ConfigErrors {
+        ConfigErrors(errs.0.into_iter().map(|e| self.blame(field, e)).collect())
     }
 }
 

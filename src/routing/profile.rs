@@ -57,9 +57,9 @@ struct RawProfile {
 struct RawStability {
     margin_ms: Option<f64>,
     margin_pct: Option<f64>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::config::de::opt_duration")]
     hold: Option<std::time::Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "crate::config::de::opt_duration")]
     ramp: Option<std::time::Duration>,
 }
 
@@ -171,7 +171,7 @@ pub fn load_profiles(
         }
     }
     let mut profiles = Vec::with_capacity(raw.profile.len());
-    let mut nested_refs: Vec<(usize, usize, std::ops::Range<usize>)> = Vec::new();
+    let mut nested_refs: Vec<(usize, usize, std::ops::Range<usize>, String)> = Vec::new();
     for (pi, sp) in raw.profile.iter().enumerate() {
         let span = sp.span();
         let p = sp.get_ref();
@@ -332,7 +332,7 @@ pub fn load_profiles(
                 }
                 (Some(child), true) => match index.get(&child.to_ascii_lowercase()) {
                     Some(&ci) => {
-                        nested_refs.push((pi, ci, es.clone()));
+                        nested_refs.push((pi, ci, es.clone(), e.name.clone()));
                         Target::Nested(first_index + ci)
                     }
                     None => {
@@ -640,30 +640,47 @@ pub fn load_profiles(
     }
     // Nested references: no cycles, depth ≤ MAX_DEPTH.
     let n = raw.profile.len();
-    let children: Vec<Vec<usize>> = (0..n)
-        .map(|i| {
-            nested_refs
-                .iter()
-                .filter(|r| r.0 == i)
-                .map(|r| r.1)
-                .collect()
-        })
-        .collect();
-    for (parent, child, span) in &nested_refs {
-        if depth_from(*child, &children, 0).is_none_or(|d| d + 1 >= MAX_DEPTH)
-            || reaches(*child, *parent, &children)
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for r in &nested_refs {
+        children[r.0].push(r.1);
+    }
+    let pname = |i: usize| raw.profile[i].get_ref().name.to_ascii_lowercase();
+    let chain = |path: &[usize]| {
+        path.iter()
+            .map(|&i| pname(i))
+            .collect::<Vec<_>>()
+            .join(" → ")
+    };
+    let chains = longest_chains(&children);
+    for (parent, child, span, endpoint) in &nested_refs {
+        let field = format!("profile[{}].endpoint[{endpoint}].profile", pname(*parent));
+        let cname = pname(*child);
+        let in_cycle = chains[*child].is_none();
+        let message = if let Some(back) = in_cycle
+            .then(|| path_between(*child, *parent, &children))
+            .flatten()
         {
-            let pname = raw.profile[*parent].get_ref().name.to_ascii_lowercase();
-            let cname = raw.profile[*child].get_ref().name.to_ascii_lowercase();
-            cx.err(
-                span,
-                "profile",
-                format!("profile[{pname}].endpoint.profile"),
-                format!(
-                    "nesting {cname:?} here makes a cycle or nests deeper than {MAX_DEPTH} levels"
-                ),
-            );
-        }
+            // The reference closes a loop: parent → child → … → parent.
+            let mut path = vec![*parent];
+            path.extend(back);
+            format!("nesting {cname:?} here makes a cycle: {}", chain(&path))
+        } else {
+            match &chains[*child] {
+                // A loop further down is reported at its own references.
+                None => continue,
+                Some(below) if below.len() >= MAX_DEPTH => {
+                    let mut path = vec![*parent];
+                    path.extend(below);
+                    format!(
+                        "nesting {cname:?} here makes a chain of {} profiles ({}); at most {MAX_DEPTH} may nest",
+                        path.len(),
+                        chain(&path)
+                    )
+                }
+                Some(_) => continue,
+            }
+        };
+        cx.err(span, "profile", field, message);
     }
     if !cx.errors.is_empty() {
         return Err(ConfigErrors(cx.errors));
@@ -671,31 +688,87 @@ pub fn load_profiles(
     Ok(profiles)
 }
 
-/// Longest chain of nested profiles below `p`; `None` if a cycle is found.
-fn depth_from(p: usize, children: &[Vec<usize>], depth: usize) -> Option<usize> {
-    if depth > MAX_DEPTH {
-        return None;
+/// For every profile, the longest chain of nested profiles starting there (itself first), or
+/// `None` if a cycle is reachable from it. One memoised depth-first search over all profiles:
+/// linear in profiles and references, so a file with many diamond-shaped references cannot make
+/// loading exponential.
+fn longest_chains(children: &[Vec<usize>]) -> Vec<Option<Vec<usize>>> {
+    #[derive(Clone, Copy)]
+    enum Mark {
+        New,
+        OnStack,
+        /// Length of the longest chain from here, and the next profile on it.
+        Done(usize, Option<usize>),
+        Cyclic,
     }
-    let mut max = 0;
-    for &c in &children[p] {
-        max = max.max(1 + depth_from(c, children, depth + 1)?);
+    fn walk(p: usize, children: &[Vec<usize>], marks: &mut [Mark]) -> Option<usize> {
+        match marks[p] {
+            Mark::Done(len, _) => return Some(len),
+            Mark::OnStack | Mark::Cyclic => {
+                marks[p] = Mark::Cyclic;
+                return None;
+            }
+            Mark::New => {}
+        }
+        marks[p] = Mark::OnStack;
+        let mut best = (1, None);
+        for &c in &children[p] {
+            let Some(len) = walk(c, children, marks) else {
+                marks[p] = Mark::Cyclic;
+                return None;
+            };
+            if len + 1 > best.0 {
+                best = (len + 1, Some(c));
+            }
+        }
+        marks[p] = Mark::Done(best.0, best.1);
+        Some(best.0)
     }
-    Some(max)
+    let mut marks = vec![Mark::New; children.len()];
+    for p in 0..children.len() {
+        walk(p, children, &mut marks);
+    }
+    (0..children.len())
+        .map(|p| {
+            let Mark::Done(..) = marks[p] else {
+                return None;
+            };
+            let mut chain = vec![p];
+            let mut at = p;
+            while let Mark::Done(_, Some(next)) = marks[at] {
+                chain.push(next);
+                at = next;
+            }
+            Some(chain)
+        })
+        .collect()
 }
 
-/// Whether `target` is reachable from `from` through nested references.
-fn reaches(from: usize, target: usize, children: &[Vec<usize>]) -> bool {
-    let mut stack = vec![from];
-    let mut seen = HashSet::new();
-    while let Some(p) = stack.pop() {
+/// A path of nested references from `from` to `target` (both included), if there is one.
+fn path_between(from: usize, target: usize, children: &[Vec<usize>]) -> Option<Vec<usize>> {
+    // Breadth-first, so the reported cycle is the shortest one.
+    let mut came_from: HashMap<usize, usize> = HashMap::new();
+    let mut queue = std::collections::VecDeque::from([from]);
+    let mut seen = HashSet::from([from]);
+    while let Some(p) = queue.pop_front() {
         if p == target {
-            return true;
+            let mut path = vec![p];
+            let mut at = p;
+            while let Some(&prev) = came_from.get(&at) {
+                path.push(prev);
+                at = prev;
+            }
+            path.reverse();
+            return Some(path);
         }
-        if seen.insert(p) {
-            stack.extend(&children[p]);
+        for &c in &children[p] {
+            if seen.insert(c) {
+                came_from.insert(c, p);
+                queue.push_back(c);
+            }
         }
     }
-    false
+    None
 }
 
 /// Addresses (any mix of IPv4 and IPv6) or exactly one hostname.

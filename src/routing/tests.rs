@@ -2032,7 +2032,7 @@ colour = "red"
 "#,
             // (the list of accepted fields goes on; it grows with the format, so only its
             // head is pinned here)
-            "zones/t.toml:8: profile.endpoint.colour: unknown field `colour`, expected one of \
+            "zones/t.toml:8: profile[p].endpoint[a].colour: unknown field `colour`, expected one of \
              `name`, `targets`, `profile`, `enabled`, `region`, `lat`, `lon`, `weight`, \
              `priority`, `geo`, `subnets`, `min_child_endpoints`,",
         ),
@@ -2204,9 +2204,9 @@ method = "priority"
 name = "to-a"
 profile = "a"
 "#,
-            "zones/t.toml:7: profile[a].endpoint.profile: nesting \"b\" here makes a cycle or \
-             nests deeper than 10 levels\nzones/t.toml:15: profile[b].endpoint.profile: nesting \
-             \"a\" here makes a cycle or nests deeper than 10 levels",
+            "zones/t.toml:7: profile[a].endpoint[to-b].profile: nesting \"b\" here makes a \
+             cycle: a → b → a\nzones/t.toml:15: profile[b].endpoint[to-a].profile: nesting \
+             \"a\" here makes a cycle: b → a → b",
         ),
         (
             "nested self-reference",
@@ -2218,8 +2218,8 @@ method = "priority"
 name = "me"
 profile = "A"
 "#,
-            "zones/t.toml:7: profile[a].endpoint.profile: nesting \"a\" here makes a cycle or \
-             nests deeper than 10 levels",
+            "zones/t.toml:7: profile[a].endpoint[me].profile: nesting \"a\" here makes a \
+             cycle: a → a",
         ),
         (
             "nested unknown profile",
@@ -2426,6 +2426,66 @@ targets = ["192.0.2.1"]
              \"a\"\ntargets = [\"192.0.2.1\"]\n",
         )
         .is_ok()
+    );
+}
+
+#[test]
+fn nesting_errors_name_the_cycle_or_the_too_long_chain() {
+    // p0 → p1 → … → p{n-1}, each through one endpoint; the last profile has an address.
+    let chain = |n: usize| {
+        let mut t = String::new();
+        for i in 0..n {
+            t.push_str(&format!(
+                "[[profile]]\nname = \"p{i}\"\nmethod = \"priority\"\n\n[[profile.endpoint]]\n"
+            ));
+            if i + 1 < n {
+                t.push_str(&format!("name = \"e{i}\"\nprofile = \"p{}\"\n\n", i + 1));
+            } else {
+                t.push_str("name = \"last\"\ntargets = [\"192.0.2.1\"]\n\n");
+            }
+        }
+        t
+    };
+    // Ten profiles nest (the deepest allowed); eleven do not, and the error is on the first
+    // reference with the whole chain.
+    assert!(load_with_zone(ZONE, &chain(10)).is_ok());
+    assert_eq!(
+        load_error(ZONE, &chain(11)),
+        "zones/t.toml:7: profile[p0].endpoint[e0].profile: nesting \"p1\" here makes a chain \
+         of 11 profiles (p0 → p1 → p2 → p3 → p4 → p5 → p6 → p7 → p8 → p9 → p10); at most 10 \
+         may nest"
+    );
+    // A cycle below a profile is reported at the references that make it, not at the ones
+    // that merely lead into it: a → b, b → c, c → b.
+    let text = r#"[[profile]]
+name = "a"
+method = "priority"
+
+[[profile.endpoint]]
+name = "to-b"
+profile = "b"
+
+[[profile]]
+name = "b"
+method = "priority"
+
+[[profile.endpoint]]
+name = "to-c"
+profile = "c"
+
+[[profile]]
+name = "c"
+method = "priority"
+
+[[profile.endpoint]]
+name = "back-to-b"
+profile = "b"
+"#;
+    assert_eq!(
+        load_error(ZONE, text),
+        "zones/t.toml:15: profile[b].endpoint[to-c].profile: nesting \"c\" here makes a cycle: \
+         b → c → b\nzones/t.toml:23: profile[c].endpoint[back-to-b].profile: nesting \"b\" here \
+         makes a cycle: c → b → c"
     );
 }
 
