@@ -120,8 +120,11 @@ impl Probe {
         let result = tokio::time::timeout_at(deadline, async {
             match &self.kind {
                 Kind::Tcp => tcp_probe(self.target, start, &mut stages).await,
-                Kind::Http(http) => http.run(start, &mut stages).await,
-                Kind::Mqtt(mqtt) => mqtt.run(self.target, start, deadline, &mut stages).await,
+                // Boxed so the common TCP probe's future stays small (see prober::round).
+                Kind::Http(http) => Box::pin(http.run(start, &mut stages)).await,
+                Kind::Mqtt(mqtt) => {
+                    Box::pin(mqtt.run(self.target, start, deadline, &mut stages)).await
+                }
             }
         })
         .await;
