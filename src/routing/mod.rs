@@ -349,7 +349,7 @@ pub struct Explain {
 pub struct RoutingTable {
     /// Profiles; nested references are indices into this.
     pub profiles: Vec<Profile>,
-    by_owner: HashMap<Box<[u8]>, usize>,
+    by_owner: crate::FastMap<Box<[u8]>, usize>,
     /// The latency model.
     pub model: Model,
     /// Operator-measured RTTs.

@@ -292,7 +292,7 @@ pub fn load_profiles(
                 v
             }
         };
-        let mut endpoints = Vec::new();
+        let mut endpoints = Vec::with_capacity(p.endpoint.len());
         let mut seen_names = HashSet::new();
         let mut seen_prio = HashMap::new();
         let mut seen_geo: HashMap<GeoCode, String> = HashMap::new();
@@ -801,7 +801,13 @@ fn parse_targets(targets: &[String]) -> Result<Target, String> {
             0,
             RData::CNAME(CNAME(h)),
         )))),
-        None => Ok(Target::Addrs { a, aaaa }),
+        None => {
+            // Most endpoints have one address; a pushed-to Vec would keep room for four
+            // records (≈ 800 bytes unused per endpoint, 8 MB per 10,000-endpoint table).
+            a.shrink_to_fit();
+            aaaa.shrink_to_fit();
+            Ok(Target::Addrs { a, aaaa })
+        }
     }
 }
 

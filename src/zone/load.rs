@@ -5,7 +5,7 @@
 //! (only on the error path; O(log n) parses). Semantic errors (out-of-zone data, CNAME
 //! beside other data, …) are located by the owner name's first line.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordSet, RecordType, RrKey};
@@ -265,7 +265,7 @@ fn build_zone(
         ConfigError::new(path, owner_line(text, name, &origin), field, msg)
     };
 
-    let mut nodes: HashMap<Box<[u8]>, Node> = HashMap::new();
+    let mut nodes: crate::FastMap<Box<[u8]>, Node> = Default::default();
     let mut soa = None;
     for (key, set) in &sets {
         let name = set.name();

@@ -13,7 +13,6 @@ mod load;
 
 pub use load::{load_dir, load_zone_text};
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use crate::dns::wire::QName;
@@ -62,7 +61,7 @@ pub struct Zone {
     /// The SOA as it appears in negative answers: TTL = min(SOA TTL, SOA MINIMUM), RFC 2308 §5.
     pub negative_soa: Record,
     /// Names by lower-cased wire form, including empty non-terminals.
-    pub nodes: HashMap<Box<[u8]>, Node>,
+    pub nodes: crate::FastMap<Box<[u8]>, Node>,
     /// Whether any node is a zone cut (skips the ancestor walk for the common case).
     pub has_cuts: bool,
     /// File it came from.
@@ -225,7 +224,7 @@ pub fn wire_lower(name: &Name) -> Box<[u8]> {
 /// All loaded zones, found by the longest matching apex.
 #[derive(Debug, Clone, Default)]
 pub struct ZoneSet {
-    zones: HashMap<Box<[u8]>, Zone>,
+    zones: crate::FastMap<Box<[u8]>, Zone>,
 }
 
 impl ZoneSet {
