@@ -269,13 +269,22 @@ impl Handler {
                 if nxdomain {
                     h.rcode = rcode::NXDOMAIN;
                 }
-                s.authority.push(Rr::own(&zone.negative_soa));
+                s.authority.push(Rr::at_apex(
+                    &zone.negative_soa,
+                    zone.negative_soa_wire.as_ref(),
+                ));
             }
             Lookup::Exists => s.answer.push(Rr::at_qname(&self.any_hinfo)),
-            Lookup::NoData => s.authority.push(Rr::own(&zone.negative_soa)),
+            Lookup::NoData => s.authority.push(Rr::at_apex(
+                &zone.negative_soa,
+                zone.negative_soa_wire.as_ref(),
+            )),
             Lookup::NxDomain => {
                 h.rcode = rcode::NXDOMAIN;
-                s.authority.push(Rr::own(&zone.negative_soa));
+                s.authority.push(Rr::at_apex(
+                    &zone.negative_soa,
+                    zone.negative_soa_wire.as_ref(),
+                ));
             }
             Lookup::Referral(ns) => {
                 // RFC 1034 §4.3.2: referrals are not authoritative.
@@ -317,7 +326,10 @@ impl Handler {
             }
             _ => {
                 // The name exists; other types are NODATA, the same for every client.
-                s.authority.push(Rr::own(&zone.negative_soa));
+                s.authority.push(Rr::at_apex(
+                    &zone.negative_soa,
+                    zone.negative_soa_wire.as_ref(),
+                ));
                 let opt = q.edns.map(|_| self.opt(ecs.map(|e| (e, 0))));
                 return finish(out, h, qraw, s, opt, limit, false);
             }
@@ -337,12 +349,16 @@ impl Handler {
         }
         let opt = q.edns.map(|_| self.opt(ecs.map(|e| (e, sel.scope))));
         if sel.records.is_empty() {
-            s.authority.push(Rr::own(&zone.negative_soa));
+            s.authority.push(Rr::at_apex(
+                &zone.negative_soa,
+                zone.negative_soa_wire.as_ref(),
+            ));
         } else {
             s.answer.extend(sel.records.iter().map(|r| Rr {
                 record: r,
                 at_qname: true,
                 ttl: sel.ttl,
+                apex: None,
             }));
         }
         finish(out, h, qraw, s, opt, limit, false)
@@ -422,6 +438,7 @@ impl Handler {
                 record: r,
                 at_qname: true,
                 ttl: 0,
+                apex: None,
             }));
         }
         finish(out, h, qraw, s, opt, limit, false)

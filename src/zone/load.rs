@@ -435,7 +435,9 @@ fn build_zone(
     let mut negative_soa = soa.clone();
     negative_soa.ttl = negative_ttl;
     let has_cuts = nodes.values().any(|n| n.cut);
+    let negative_soa_wire = crate::dns::wire::ApexRr::soa(&negative_soa, &origin_wire);
     Ok(Zone {
+        negative_soa_wire,
         origin_labels: usize::from(origin.num_labels()),
         origin,
         origin_wire,

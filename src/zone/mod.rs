@@ -60,6 +60,8 @@ pub struct Zone {
     pub soa: Record,
     /// The SOA as it appears in negative answers: TTL = min(SOA TTL, SOA MINIMUM), RFC 2308 §5.
     pub negative_soa: Record,
+    /// `negative_soa` pre-encoded against the apex in the question (no per-query compression).
+    pub negative_soa_wire: Option<crate::dns::wire::ApexRr>,
     /// Names by lower-cased wire form, including empty non-terminals.
     pub nodes: crate::FastMap<Box<[u8]>, Node>,
     /// Whether any node is a zone cut (skips the ancestor walk for the common case).
@@ -70,16 +72,19 @@ pub struct Zone {
     pub queries: crate::ops::metrics::Counter,
 }
 
+/// The RRsets of an answer or CNAME chain, inline up to four (no allocation per query).
+pub type RrSets<'z> = smallvec::SmallVec<[&'z RrSet; 4]>;
+
 /// The outcome of looking a name up in a zone. Borrowed from the zone: nothing is copied.
 #[derive(Debug)]
 pub enum Lookup<'z> {
     /// Data found: the answer RRsets in order. The first is owned by the query name; the rest
     /// (a CNAME chain) by their records' own names.
-    Answer(Vec<&'z RrSet>),
+    Answer(RrSets<'z>),
     /// CNAME chain that ended in NXDOMAIN or NODATA inside the zone (RFC 6604 rcode rules).
     Partial {
         /// The CNAME RRsets followed.
-        chain: Vec<&'z RrSet>,
+        chain: RrSets<'z>,
         /// Whether the final target does not exist at all.
         nxdomain: bool,
     },
@@ -113,7 +118,7 @@ impl Zone {
             };
         }
         if let Some(set) = node.get(qtype) {
-            return Lookup::Answer(vec![set]);
+            return Lookup::Answer(smallvec::smallvec![set]);
         }
         let Some(cname) = node.get(RecordType::CNAME) else {
             return Lookup::NoData;
@@ -123,7 +128,7 @@ impl Zone {
 
     /// Follows a CNAME chain inside this zone.
     fn chase<'z>(&'z self, first: &'z RrSet, qtype: RecordType) -> Lookup<'z> {
-        let mut chain: Vec<&'z RrSet> = vec![first];
+        let mut chain: RrSets<'z> = smallvec::smallvec![first];
         let mut current = first;
         for _ in 0..MAX_CNAME_CHAIN {
             let Some(target) = current.cname_target.as_deref() else {
