@@ -202,6 +202,10 @@ impl Control {
             }
         };
         *self.reload_status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+        // The old state and the parser's temporaries are freed now (or as soon as the last
+        // in-flight query lets go of the old state); hand the memory back to the OS so RSS
+        // does not ratchet up with every reload. Off the runtime: a trim can take milliseconds.
+        drop(tokio::task::spawn_blocking(trim_heap));
         result
     }
 
@@ -527,5 +531,16 @@ impl Control {
             self.spawn_finisher(id);
         }
         self.commit().await;
+    }
+}
+
+/// Returns free heap pages to the OS (glibc keeps them otherwise: with 10,000 endpoints each
+/// reload left RSS ~35 MiB higher until it plateaued at ~1.6× the start-up figure).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory the allocator already considers free; it has no
+    // preconditions and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
