@@ -66,8 +66,89 @@ impl ConfigError {
             ),
             None => message.to_string(),
         };
+        // Two syntax errors toml reports where it notices them rather than where they are.
+        if let Some((open_line, key)) = unclosed_array_before(text, span.start)
+            && (message.starts_with("missing comma between array elements")
+                || message.starts_with("unclosed array"))
+        {
+            let field = field_at(
+                text,
+                &(line_start_of(text, open_line)..line_start_of(text, open_line)),
+            )
+            .unwrap_or(key);
+            return Self::new(
+                file,
+                open_line,
+                field,
+                format!(
+                    "this array is not closed (missing `]`?); TOML noticed at line {line}: {message}"
+                ),
+            );
+        }
+        if value_is_missing(text, span.start) {
+            return Self::new(file, line, field, "no value after `=`");
+        }
         Self::new(file, line, field, message)
     }
+}
+
+/// Byte offset where 1-based `line` starts.
+fn line_start_of(text: &str, line: usize) -> usize {
+    if line <= 1 {
+        return 0;
+    }
+    text.match_indices('\n')
+        .nth(line - 2)
+        .map_or(text.len(), |(i, _)| i + 1)
+}
+
+/// If an array opened with `key = [` on a line before the error's line is still open at the
+/// error (brackets outside strings and comments counted), its 1-based line and key.
+fn unclosed_array_before(text: &str, offset: usize) -> Option<(usize, String)> {
+    let err_line_start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let mut open: Vec<(usize, Option<String>)> = Vec::new();
+    for (n, line) in text[..err_line_start].lines().enumerate() {
+        let key = line
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"').to_string())
+            .filter(|k| !k.is_empty() && !k.starts_with('['));
+        let mut in_str: Option<char> = None;
+        let mut prev = ' ';
+        let trimmed = line.trim_start();
+        let is_header = open.is_empty() && trimmed.starts_with('[');
+        if is_header {
+            continue;
+        }
+        for c in line.chars() {
+            match (in_str, c) {
+                (Some(q), c) if c == q && prev != '\\' => in_str = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => in_str = Some(c),
+                (None, '#') => break,
+                (None, '[') => open.push((n + 1, key.clone())),
+                (None, ']') => {
+                    open.pop();
+                }
+                _ => {}
+            }
+            prev = c;
+        }
+    }
+    let (line, key) = open.into_iter().next()?;
+    Some((line, key?))
+}
+
+/// Whether the error is at a `key =` with nothing after it on its line.
+fn value_is_missing(text: &str, offset: usize) -> bool {
+    let start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    let line = line.split('#').next().unwrap_or("");
+    line.split_once('=')
+        .is_some_and(|(k, v)| !k.trim().is_empty() && v.trim().is_empty())
 }
 
 impl fmt::Display for ConfigError {
@@ -244,6 +325,27 @@ mod tests {
             field_at(text, &(off..off + 5)).as_deref(),
             Some("server.udp")
         );
+    }
+
+    #[test]
+    fn syntax_errors_are_placed_where_they_are() {
+        let parse = |text: &str| {
+            let err = toml::from_str::<toml::Table>(text).unwrap_err();
+            ConfigError::from_toml(Path::new("g.toml"), text, &err).to_string()
+        };
+        let e = parse("[server]\nudp = [\"127.0.0.1:5353\",\n  \"[::1]:5353\"\ntcp = []\n");
+        assert!(
+            e.starts_with("g.toml:2: server.udp: this array is not closed (missing `]`?); TOML noticed at line 4:"),
+            "{e}"
+        );
+        let e = parse("[server]\nworkers =\n[zones]\n");
+        assert_eq!(e, "g.toml:2: server.workers: no value after `=`");
+        let e = parse("[server]\nworkers = # two\n");
+        assert_eq!(e, "g.toml:2: server.workers: no value after `=`");
+        // Closed arrays, brackets inside strings and comments, and headers do not confuse it.
+        let e = parse("[server]\nudp = [\"[::1]:53\", # [\n]\nworkers = x\n");
+        assert!(e.starts_with("g.toml:4: server.workers: "), "{e}");
+        assert!(!e.contains("not closed"), "{e}");
     }
 
     #[test]
