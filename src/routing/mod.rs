@@ -190,6 +190,10 @@ pub struct Profile {
     pub max_answers: usize,
     /// `weighted`: hash by client subnet instead of random.
     pub sticky: bool,
+    /// `geographic`: answer only from the most specific mapping of the client's location; if
+    /// that endpoint is not served, answer nothing rather than fall back to a less specific
+    /// mapping (Traffic Manager's behaviour; for data residency).
+    pub geo_strict: bool,
     /// Hysteresis and recovery ramp.
     pub stability: Stability,
     /// Endpoints in file order (ties go to the earlier one).
@@ -860,17 +864,27 @@ impl RoutingTable {
                 )
             }
             Method::Geographic => {
-                let best = cands
-                    .iter()
-                    .filter_map(|&i| {
-                        eps[i]
-                            .geo
-                            .iter()
-                            .filter(|g| g.matches(&client.loc))
-                            .max_by_key(|g| g.specificity())
-                            .map(|g| (i, *g))
-                    })
-                    .max_by_key(|(i, g)| (g.specificity(), std::cmp::Reverse(*i)));
+                // Strict: the most specific mapping among *all* endpoints decides; if its
+                // endpoint is not a candidate (down, disabled), nothing is answered.
+                let strict_best = profile
+                    .geo_strict
+                    .then(|| most_specific(eps, client, 0..eps.len()));
+                if let Some(Some((i, g))) = strict_best
+                    && !cands.contains(&i)
+                {
+                    let name = &eps[i].name;
+                    return (
+                        Small::new(),
+                        Box::new(move || {
+                            format!(
+                                "{name} (most specific match {g}) is not served and geo_strict \
+                                 forbids a fallback: empty answer"
+                            )
+                        }),
+                        Scope::GeoNetwork,
+                    );
+                }
+                let best = most_specific(eps, client, cands.iter().copied());
                 match best {
                     Some((i, g)) => {
                         let name = &eps[i].name;
@@ -942,6 +956,25 @@ impl RoutingTable {
             }
         }
     }
+}
+
+/// Among `among`, the endpoint whose geo mapping matches the client most specifically (ties:
+/// the earlier endpoint), with that mapping.
+fn most_specific(
+    eps: &[Endpoint],
+    client: &Client,
+    among: impl Iterator<Item = usize>,
+) -> Option<(usize, GeoCode)> {
+    among
+        .filter_map(|i| {
+            eps[i]
+                .geo
+                .iter()
+                .filter(|g| g.matches(&client.loc))
+                .max_by_key(|g| g.specificity())
+                .map(|g| (i, *g))
+        })
+        .max_by_key(|(i, g)| (g.specificity(), std::cmp::Reverse(*i)))
 }
 
 fn detail(method: Method, e: &Endpoint) -> String {

@@ -45,6 +45,7 @@ struct RawProfile {
     ttl: Option<u32>,
     max_answers: Option<usize>,
     sticky: Option<bool>,
+    geo_strict: Option<bool>,
     monitor: Option<Spanned<RawMonitor>>,
     stability: Option<Spanned<RawStability>>,
     #[serde(default)]
@@ -260,6 +261,14 @@ pub fn load_profiles(
                 "sticky",
                 field("sticky"),
                 "only used by method weighted",
+            );
+        }
+        if p.geo_strict.is_some() && p.method != Method::Geographic {
+            cx.err(
+                &span,
+                "geo_strict",
+                field("geo_strict"),
+                "only used by method geographic",
             );
         }
         if p.endpoint.is_empty() {
@@ -631,6 +640,7 @@ pub fn load_profiles(
             ttl,
             max_answers,
             sticky: p.sticky.unwrap_or(false),
+            geo_strict: p.geo_strict.unwrap_or(false),
             stability,
             endpoints,
             can_answer: [false; 3],

@@ -812,6 +812,26 @@ targets = ["192.0.2.5"]
 geo = ["NA", "SA", "country:JP"]
 
 [[profile]]
+name = "geo-strict"
+method = "geographic"
+geo_strict = true
+
+[[profile.endpoint]]
+name = "world"
+targets = ["192.0.2.1"]
+geo = ["WORLD"]
+
+[[profile.endpoint]]
+name = "gb"
+targets = ["192.0.2.3"]
+geo = ["GB"]
+
+[[profile.endpoint]]
+name = "scotland"
+targets = ["192.0.2.4"]
+geo = ["GB-SCT"]
+
+[[profile]]
 name = "geo-eu"
 method = "geographic"
 
@@ -895,6 +915,45 @@ fn geographic_most_specific_match_wins() {
             &["192.0.2.2"],
             20,
         ),
+        // geo_strict: the most specific mapping decides even when its endpoint is down.
+        Row::new("strict: subdivision served", "geo-strict", glasgow()).expect(
+            &["geo-strict.t./scotland"],
+            &["192.0.2.4"],
+            20,
+        ),
+        Row::new(
+            "strict: scotland degraded → empty, not gb",
+            "geo-strict",
+            glasgow(),
+        )
+        .health(&[down("geo-strict.t./scotland")])
+        .expect(&[], &[], 20),
+        Row::new(
+            "strict: gb disabled → empty for London",
+            "geo-strict",
+            london(),
+        )
+        .health(&[state("geo-strict.t./gb", MonitorState::Disabled)])
+        .expect(&[], &[], 20),
+        Row::new(
+            "strict: scotland down does not affect London",
+            "geo-strict",
+            london(),
+        )
+        .health(&[down("geo-strict.t./scotland")])
+        .expect(&["geo-strict.t./gb"], &["192.0.2.3"], 20),
+        Row::new(
+            "strict: all degraded → fail open, most specific",
+            "geo-strict",
+            glasgow(),
+        )
+        .health(&[
+            down("geo-strict.t./world"),
+            down("geo-strict.t./gb"),
+            down("geo-strict.t./scotland"),
+        ])
+        .expect(&["geo-strict.t./scotland"], &["192.0.2.4"], 20)
+        .failed_open(),
     ];
     check(&t, &rows);
 }
@@ -2186,6 +2245,19 @@ targets = ["lb.example.net", "192.0.2.1"]
 "#,
             "zones/t.toml:7: profile[p].endpoint[a].targets: a hostname target cannot be mixed \
              with IP addresses",
+        ),
+        (
+            "geo_strict on another method",
+            r#"[[profile]]
+name = "p"
+method = "priority"
+geo_strict = true
+
+[[profile.endpoint]]
+name = "a"
+targets = ["192.0.2.1"]
+"#,
+            "zones/t.toml:4: profile[p].geo_strict: only used by method geographic",
         ),
         (
             "nested cycle",
