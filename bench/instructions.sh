@@ -33,7 +33,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "| workload | queries | instructions/query |"
 echo "| --- | ---: | ---: |"
-for w in static nxdomain routed; do
+for w in static nxdomain static-uncached nxdomain-uncached routed; do
     out=$tmp/$w.out
     # Count only inside run_queries (the timed loop), not set-up or zone loading.
     QUERIES=$QUERIES valgrind --tool=callgrind --callgrind-out-file="$out" \

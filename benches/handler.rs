@@ -11,8 +11,10 @@
 //! bash bench/instructions.sh                         # instructions/query (exact)
 //! ```
 //!
-//! Workloads: `static` (A for www.example.test. with EDNS, no ECS), `nxdomain`, and `routed`
-//! (A for the performance-routed mqtt.example.test. with ECS from 10,000 different /24s).
+//! Workloads: `static` (A for www.example.test. with EDNS, no ECS) and `nxdomain`, answered
+//! from the answer cache after the first query, the same two `-uncached` (a handler without
+//! the cache: what the first query for a name costs), and `routed` (A for the
+//! performance-routed mqtt.example.test. with ECS from 10,000 different /24s; never cached).
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -77,24 +79,44 @@ fn main() {
         .unwrap_or(if measuring { 1_000_000 } else { 1_000 });
     let config = Config::load(None).expect("embedded configuration");
     let state = geosteer::app::load_state(&config).expect("bundled zones and profiles");
+    let state = Arc::new(ArcSwap::from_pointee(state));
+    let health = Arc::new(ArcSwap::from_pointee(HealthSnapshot::default()));
+    let metrics = Arc::new(Metrics::default());
     let handler = Handler::new(
-        Arc::new(ArcSwap::from_pointee(state)),
-        Arc::new(ArcSwap::from_pointee(HealthSnapshot::default())),
-        Arc::new(Metrics::default()),
+        state.clone(),
+        health.clone(),
+        metrics.clone(),
         config.edns_udp_payload,
     );
+    // The same without the answer cache: what a first query for a name costs.
+    let uncached =
+        Handler::new(state, health, metrics, config.edns_udp_payload).without_answer_cache();
     let routed: Vec<Vec<u8>> = (0..10_000u32)
         .map(|i| {
             let net = [(i >> 8) as u8 % 200 + 20, i as u8, 0];
             query(i as u16, "mqtt.example.test", Some(net))
         })
         .collect();
-    let workloads: Vec<(&str, Vec<Vec<u8>>)> = vec![
-        ("static", vec![query(1, "www.example.test", None)]),
-        ("nxdomain", vec![query(2, "nope.example.test", None)]),
-        ("routed", routed),
+    let workloads: Vec<(&str, &Handler, Vec<Vec<u8>>)> = vec![
+        ("static", &handler, vec![query(1, "www.example.test", None)]),
+        (
+            "nxdomain",
+            &handler,
+            vec![query(2, "nope.example.test", None)],
+        ),
+        (
+            "static-uncached",
+            &uncached,
+            vec![query(1, "www.example.test", None)],
+        ),
+        (
+            "nxdomain-uncached",
+            &uncached,
+            vec![query(2, "nope.example.test", None)],
+        ),
+        ("routed", &handler, routed),
     ];
-    for (name, packets) in &workloads {
+    for (name, handler, packets) in &workloads {
         if only.as_deref().is_some_and(|o| o != *name) {
             continue;
         }
@@ -109,17 +131,17 @@ fn main() {
             );
             assert_eq!(
                 out[3] & 0x0F,
-                if *name == "nxdomain" { 3 } else { 0 },
+                if name.starts_with("nxdomain") { 3 } else { 0 },
                 "{name}: rcode"
             );
         }
         let rounds = (queries / packets.len()).max(1);
         let started = Instant::now();
-        let bytes = run_queries(&handler, packets, rounds);
+        let bytes = run_queries(handler, packets, rounds);
         let n = rounds * packets.len();
         let ns = started.elapsed().as_nanos() as f64 / n as f64;
         println!(
-            "{name:>9}: {n} queries, {ns:.0} ns/query, {} bytes/answer",
+            "{name:>17}: {n} queries, {ns:.0} ns/query, {} bytes/answer",
             bytes / n
         );
     }

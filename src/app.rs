@@ -162,6 +162,7 @@ pub fn load_state(config: &Config) -> Result<State, ConfigErrors> {
         return Err(ConfigErrors(errors));
     }
     Ok(State {
+        generation: crate::dns::cache::next_generation(),
         zones: ZoneSet::new(zones),
         routing: RoutingTable::new(profiles, model, measured),
         locator: Arc::new(locator),

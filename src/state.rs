@@ -9,6 +9,9 @@ use crate::zone::ZoneSet;
 /// Zones, profiles and the GeoIP databases of one configuration generation.
 #[derive(Debug, Default)]
 pub struct State {
+    /// Unique per built state ([`crate::dns::cache::next_generation`]): cached answers of an
+    /// earlier state are never served.
+    pub generation: u64,
     /// Static zones.
     pub zones: ZoneSet,
     /// Traffic profiles.

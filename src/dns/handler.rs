@@ -39,6 +39,7 @@ pub struct Handler {
     rrl: Option<super::rrl::Rrl>,
     edns_payload: u16,
     any_hinfo: Record,
+    answer_cache: bool,
 }
 
 impl Handler {
@@ -62,7 +63,14 @@ impl Handler {
             rrl: None,
             edns_payload,
             any_hinfo,
+            answer_cache: true,
         }
+    }
+
+    /// Turns the per-worker cache of static answers off (tests compare both ways).
+    pub fn without_answer_cache(mut self) -> Self {
+        self.answer_cache = false;
+        self
     }
 
     /// Enables response rate limiting on UDP.
@@ -146,7 +154,22 @@ impl Handler {
             }
         }
         let state = self.state.load();
-        let sent = self.respond(&q, &state, src, transport, out);
+        let key = self.cache_key(&q);
+        let raw = q.question.as_ref().map_or(&[][..], |qq| qq.raw);
+        let sent = match &key {
+            Some(k) if super::cache::lookup(state.generation, k, q.id, q.rd, q.cd, raw, out) => {
+                self.metrics.answer_cache_hits.inc();
+                true
+            }
+            _ => {
+                let mut reusable = None;
+                let sent = self.respond(&q, &state, src, transport, out, &mut reusable);
+                if let (true, Some(k), Some(zone_queries)) = (sent, &key, &reusable) {
+                    super::cache::insert(state.generation, k, raw, out, zone_queries);
+                }
+                sent
+            }
+        };
         if sent && out.len() >= wire::HEADER_LEN {
             let code = if q.edns.is_some_and(|e| e.version > 0) {
                 rcode::BADVERS
@@ -164,6 +187,24 @@ impl Handler {
         sent
     }
 
+    /// The answer-cache key of a query that may be answered from the cache: a standard query
+    /// with one question, no EDNS Client Subnet and EDNS version 0 (or no EDNS).
+    fn cache_key(&self, q: &Query<'_>) -> Option<super::cache::Key> {
+        if !self.answer_cache || q.opcode != opcode::QUERY {
+            return None;
+        }
+        if q.edns.is_some_and(|e| e.version > 0 || e.ecs.is_some()) {
+            return None;
+        }
+        let question = q.question.as_ref()?;
+        super::cache::Key::new(
+            question.name.lower(),
+            question.qtype,
+            question.qclass,
+            q.edns.is_some(),
+        )
+    }
+
     fn opt(&self, ecs: Option<(wire::ClientSubnet, u8)>) -> OptOut {
         OptOut {
             payload: self.edns_payload,
@@ -171,6 +212,8 @@ impl Handler {
         }
     }
 
+    /// Answers `q`. For a static answer from a zone that was encoded whole and fits the
+    /// answer cache, sets `reusable` to the zone's query counter (the caller may cache it).
     fn respond(
         &self,
         q: &Query<'_>,
@@ -178,6 +221,7 @@ impl Handler {
         src: SocketAddr,
         transport: Transport,
         out: &mut Vec<u8>,
+        reusable: &mut Option<std::sync::Arc<crate::ops::metrics::Counter>>,
     ) -> bool {
         let mut h = ResponseHeader {
             id: q.id,
@@ -293,6 +337,14 @@ impl Handler {
                 s.authority.extend(ns.records.iter().map(Rr::own));
                 s.additional.extend(ns.additional.iter().map(Rr::own));
             }
+        }
+        // Encoded whole (nothing trimmed, not truncated) and small: the same bytes answer the
+        // same question again, whatever the transport.
+        if wire::encode(out, &h, qraw, &s, opt.as_ref(), limit).is_ok() {
+            if out.len() <= super::cache::MAX_ANSWER {
+                *reusable = Some(zone.queries.clone());
+            }
+            return true;
         }
         finish(out, h, qraw, s, opt, limit, referral)
     }
@@ -509,5 +561,168 @@ fn finish(
         }
         h.tc = true;
         wire::encode(out, &h, qraw, &Sections::default(), opt.as_ref(), limit).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query: `name` (dotted, case kept), type, class, flags, EDNS payload and option bytes.
+    fn query(
+        id: u16,
+        name: &str,
+        qtype: u16,
+        qclass: u16,
+        rd: bool,
+        cd: bool,
+        edns: Option<(u16, &[u8])>,
+    ) -> Vec<u8> {
+        let mut p = id.to_be_bytes().to_vec();
+        p.push(u8::from(rd));
+        p.push(u8::from(cd) << 4);
+        p.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, u8::from(edns.is_some())]);
+        for label in name
+            .trim_end_matches('.')
+            .split('.')
+            .filter(|l| !l.is_empty())
+        {
+            p.push(label.len() as u8);
+            p.extend_from_slice(label.as_bytes());
+        }
+        p.push(0);
+        p.extend_from_slice(&qtype.to_be_bytes());
+        p.extend_from_slice(&qclass.to_be_bytes());
+        if let Some((payload, options)) = edns {
+            p.extend_from_slice(&[0, 0, 41]);
+            p.extend_from_slice(&payload.to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, 0]);
+            p.extend_from_slice(&(options.len() as u16).to_be_bytes());
+            p.extend_from_slice(options);
+        }
+        p
+    }
+
+    fn handlers() -> (Handler, Handler, Arc<ArcSwap<State>>) {
+        let config = crate::config::Config::load(None).expect("embedded config");
+        let state = Arc::new(ArcSwap::from_pointee(
+            crate::app::load_state(&config).expect("bundled zones"),
+        ));
+        let health = Arc::new(ArcSwap::from_pointee(HealthSnapshot::default()));
+        let metrics = Arc::new(Metrics::default());
+        let cached = Handler::new(state.clone(), health.clone(), metrics.clone(), 1232);
+        let plain = Handler::new(state.clone(), health, metrics, 1232).without_answer_cache();
+        (cached, plain, state)
+    }
+
+    /// Every query is answered byte for byte the same with and without the answer cache, on
+    /// the first (miss) and second (hit) asking, whatever varies between queries for the same
+    /// name: ID, case, RD/CD, EDNS or not and its buffer size, UDP or TCP — and client-dependent
+    /// answers (profiles, ECS, `_why`) are never reused across clients.
+    #[test]
+    fn cached_answers_are_identical_to_fresh_ones() {
+        let (cached, plain, _) = handlers();
+        let names = [
+            "www.example.test",
+            "WwW.ExAmPlE.TeSt",
+            "example.test",
+            "EXAMPLE.TEST",
+            "mail.example.test",
+            "alias.example.test",
+            "a.b.deep.example.test",
+            "b.deep.example.test",
+            "nope.example.test",
+            "x.sub.example.test",
+            "big.example.test",
+            "mqtt.example.test",
+            "_why.mqtt.example.test",
+            "www.other.test",
+        ];
+        let types = [1u16, 28, 15, 16, 2, 6, 255, 5, 252];
+        let ecs: &[u8] = &[0, 8, 0, 7, 0, 1, 24, 0, 81, 2, 69];
+        let edns: [Option<(u16, &[u8])>; 4] =
+            [None, Some((512, &[])), Some((1232, &[])), Some((4096, ecs))];
+        let sources: [SocketAddr; 2] = [
+            ([127, 0, 0, 1], 5000).into(),
+            ([198, 51, 100, 9], 5000).into(),
+        ];
+        let mut id = 0u16;
+        let mut compared = 0;
+        for name in names {
+            for qtype in types {
+                for e in edns {
+                    for (rd, cd) in [(true, false), (false, true)] {
+                        for transport in [Transport::Udp, Transport::Tcp] {
+                            for src in sources {
+                                id = id.wrapping_add(7919);
+                                let p = query(id, name, qtype, 1, rd, cd, e);
+                                let (mut a, mut b) = (Vec::new(), Vec::new());
+                                let sa = plain.handle(&p, src, transport, &mut a);
+                                for round in 0..2 {
+                                    let before = cached.metrics.answer_cache_hits.get();
+                                    let sb = cached.handle(&p, src, transport, &mut b);
+                                    let hit = cached.metrics.answer_cache_hits.get() > before;
+                                    let client_dependent =
+                                        name.to_ascii_lowercase().contains("mqtt")
+                                            || e.is_some_and(|(_, o)| !o.is_empty());
+                                    assert!(
+                                        !(hit && client_dependent),
+                                        "{name} {qtype} {e:?}: served from the cache"
+                                    );
+                                    assert!(
+                                        !(hit && name.ends_with("other.test")),
+                                        "{name}: out of zone cached"
+                                    );
+                                    assert_eq!(sa, sb, "{name} {qtype} {e:?} round {round}");
+                                    assert_eq!(
+                                        a, b,
+                                        "{name} {qtype} {e:?} {transport:?} rd={rd} round {round}"
+                                    );
+                                    compared += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(compared > 8_000, "{compared}");
+        // The cache was really used.
+        let hits = cached.metrics.answer_cache_hits.get();
+        assert!(hits > 1_000, "{hits} hits of {compared}");
+    }
+
+    /// A reload (a new state) empties the cache: an answer changed by the reload is served
+    /// changed at once.
+    #[test]
+    fn a_new_state_is_never_answered_from_the_old_cache() {
+        let (cached, _, state) = handlers();
+        let p = query(1, "www.example.test", 1, 1, true, false, Some((1232, &[])));
+        let src: SocketAddr = ([127, 0, 0, 1], 5000).into();
+        let (mut first, mut again) = (Vec::new(), Vec::new());
+        assert!(cached.handle(&p, src, Transport::Udp, &mut first));
+        assert!(cached.handle(&p, src, Transport::Udp, &mut again));
+        assert_eq!(first, again);
+        // The same zones under a new generation, but without www: NXDOMAIN now.
+        let mut next = crate::app::load_state(&crate::config::Config::load(None).unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string("zones/example.test.zone")
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("www"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let path = dir.path().join("example.test.zone");
+        std::fs::write(&path, &text).unwrap();
+        next.zones =
+            crate::zone::ZoneSet::new(vec![crate::zone::load_zone_text(&path, &text).unwrap()]);
+        state.store(Arc::new(next));
+        let mut after = Vec::new();
+        assert!(cached.handle(&p, src, Transport::Udp, &mut after));
+        assert_eq!(
+            after[3] & 0x0F,
+            rcode::NXDOMAIN as u8,
+            "answered from the old state's cache"
+        );
     }
 }

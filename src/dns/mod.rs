@@ -4,6 +4,7 @@
 //! immutable zone snapshot; `server` owns sockets and connection limits; `hickory` adapts the
 //! handler to hickory-server's `RequestHandler` trait for embedding in a `hickory_server::Server`.
 
+pub mod cache;
 pub mod conn_limit;
 pub mod handler;
 pub mod hickory;

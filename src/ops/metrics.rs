@@ -47,6 +47,8 @@ pub struct Metrics {
     queries: [[Counter; RCODES]; 2],
     /// Queries carrying EDNS Client Subnet.
     pub ecs_queries: Counter,
+    /// Queries answered from the per-worker cache of static answers.
+    pub answer_cache_hits: Counter,
     /// Packets dropped unanswered (runts, responses).
     pub dropped: Counter,
     latency_buckets: [Counter; LATENCY_BUCKETS_US.len()],
@@ -129,6 +131,17 @@ impl Metrics {
             "Queries carrying EDNS Client Subnet.",
         );
         let _ = writeln!(o, "geosteer_ecs_queries_total {}", self.ecs_queries.get());
+        help(
+            &mut o,
+            "geosteer_answer_cache_hits_total",
+            "counter",
+            "Queries answered from the per-worker cache of encoded static answers.",
+        );
+        let _ = writeln!(
+            o,
+            "geosteer_answer_cache_hits_total {}",
+            self.answer_cache_hits.get()
+        );
         help(
             &mut o,
             "geosteer_dropped_packets_total",

@@ -69,7 +69,7 @@ pub struct Zone {
     /// File it came from.
     pub file: PathBuf,
     /// Queries answered from this zone since it was loaded.
-    pub queries: crate::ops::metrics::Counter,
+    pub queries: std::sync::Arc<crate::ops::metrics::Counter>,
 }
 
 /// The RRsets of an answer or CNAME chain, inline up to four (no allocation per query).
