@@ -10,6 +10,7 @@
 #   bench/probes.sh                        # build, then start-up + 20 s + 120 s of steady state
 #   BUILD=0 DURATION=300 bench/probes.sh   # longer, with the existing target/release/geosteer
 #   JITTER=5s bench/probes.sh              # set [profile.monitor] jitter (default: geosteer's)
+#   PROTOCOL=http bench/probes.sh          # HTTP GET probes instead of TCP connects
 #   bench/probes.sh > probes.md            # the tables go to stdout, progress to stderr
 set -euo pipefail
 
@@ -33,6 +34,7 @@ export RELOADS=${RELOADS:-4}             # SIGHUPs spread over the steady state
 export RELOAD_WAIT=${RELOAD_WAIT:-30}    # seconds to wait for a reload to finish
 export STARTUP_RELOAD=${STARTUP_RELOAD:-30}  # one SIGHUP at +N s if still starting up (0 = none)
 export WORKERS=${WORKERS:-2}             # [server] workers
+export PROTOCOL=${PROTOCOL:-tcp}        # tcp, or http (the listeners answer 200 to a GET)
 
 log() { printf '[probes] %s\n' "$*" >&2; }
 die() { printf '[probes] error: %s\n' "$*" >&2; exit 2; }

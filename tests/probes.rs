@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use geosteer::health::monitor::{MonitorSpec, RawMonitor};
-use geosteer::health::probe::{Probe, ProbeOutcome};
+use geosteer::health::probe::{Probe, ProbeOutcome, ProbeTls};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
@@ -134,6 +134,8 @@ struct Seen {
     path: String,
     host: Option<String>,
     x_probe: Option<String>,
+    /// The TLS handshake resumed an earlier session (no certificate was sent or checked).
+    resumed: bool,
 }
 
 type Log = Arc<Mutex<Vec<Seen>>>;
@@ -153,14 +155,16 @@ async fn serve_http(tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, Log)
             let tls = tls.clone();
             tokio::spawn(async move {
                 match tls {
-                    None => handle_http(tcp, None, log).await,
+                    None => handle_http(tcp, None, false, log).await,
                     Some(acceptor) => {
                         // Handshakes the probe rejects end here.
                         let Ok(stream) = acceptor.accept(tcp).await else {
                             return;
                         };
-                        let sni = stream.get_ref().1.server_name().map(str::to_string);
-                        handle_http(stream, sni, log).await;
+                        let tls = stream.get_ref().1;
+                        let sni = tls.server_name().map(str::to_string);
+                        let resumed = tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                        handle_http(stream, sni, resumed, log).await;
                     }
                 }
             });
@@ -169,7 +173,12 @@ async fn serve_http(tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, Log)
     (addr, log)
 }
 
-async fn handle_http<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, sni: Option<String>, log: Log) {
+async fn handle_http<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    sni: Option<String>,
+    resumed: bool,
+    log: Log,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -183,6 +192,7 @@ async fn handle_http<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, sni: Option<St
     let mut first = lines.next().unwrap_or_default().split(' ');
     let mut seen = Seen {
         sni,
+        resumed,
         method: first.next().unwrap_or_default().to_string(),
         path: first.next().unwrap_or_default().to_string(),
         ..Seen::default()
@@ -383,6 +393,29 @@ async fn https_host_header_names_the_server() {
     let seen = f.last();
     assert_eq!(seen.sni.as_deref(), Some(NAME));
     assert_eq!(seen.host.as_deref(), Some("virtual.example:8443"));
+}
+
+/// Every probe checks the certificate: none resumes a TLS session, neither the same endpoint's
+/// next probe nor another endpoint's probe sharing the monitor's TLS settings. (The fixture's
+/// rustls server offers resumption, and a client with rustls' defaults takes it from the second
+/// handshake on; a resumed handshake sends no certificate, so an expired one would go unseen.)
+#[tokio::test]
+async fn https_probes_never_resume_a_session() {
+    let f = https_fixture().await;
+    let text = format!(
+        "protocol = \"https\"\npath = \"/ok\"\nsni = \"{NAME}\"\nca_file = {}",
+        toml_path(&f.ca_file)
+    );
+    let mut spec = spec(&text);
+    spec.tls = Some(ProbeTls::load(true, Some(&f.ca_file)).unwrap());
+    let first = Probe::new(&spec, f.addr).unwrap();
+    let second = Probe::new(&spec, f.addr).unwrap();
+    for p in [&first, &first, &second, &first, &second] {
+        let out = run(p, Duration::from_secs(1)).await;
+        assert!(out.ok, "{out:?}");
+    }
+    let resumed: Vec<bool> = f.log.lock().unwrap().iter().map(|s| s.resumed).collect();
+    assert_eq!(resumed, [false; 5], "handshakes that resumed a session");
 }
 
 #[test]

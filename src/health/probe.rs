@@ -18,13 +18,15 @@
 //! address, so the TCP connection always goes to `target`; a configured `Host` header is sent
 //! verbatim.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{PemObject, SectionKind};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -94,7 +96,8 @@ const KEEPALIVE_SECS: u16 = 10;
 impl Probe {
     /// Prepares a probe of `target` (the endpoint's address and the monitor's port).
     ///
-    /// Reads the monitor's `ca_file` (blocking file I/O: call it off the hot path).
+    /// Uses the monitor's prepared TLS settings (`MonitorSpec::tls`, set by the loader). A
+    /// hand-made spec without them has them built here, which reads `ca_file` (blocking).
     pub fn new(spec: &MonitorSpec, target: SocketAddr) -> Result<Self, String> {
         let kind = match spec.protocol {
             Protocol::None => return Err("protocol none is not probed".into()),
@@ -231,7 +234,7 @@ impl HttpProbe {
             other => return Err(format!("method {other} is not GET or HEAD")),
         };
 
-        let mut tls = tls_config(spec)?;
+        let mut tls = ClientConfig::clone(&*ProbeTls::of(spec)?);
         // HTTP/1.1 only, like load balancer health checks: one fresh connection per probe.
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let mut builder = reqwest::Client::builder()
@@ -308,8 +311,7 @@ impl MqttProbe {
                 .unwrap_or_else(|| target.ip().to_string());
             let server_name = ServerName::try_from(name.clone())
                 .map_err(|e| format!("TLS server name {name:?}: {e}"))?;
-            let config = tls_config(spec)?;
-            Some((Arc::new(config), server_name))
+            Some((ProbeTls::of(spec)?, server_name))
         } else {
             None
         };
@@ -599,40 +601,149 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The TLS client configuration of a monitor (ring provider, TLS 1.2 and 1.3).
-fn tls_config(spec: &MonitorSpec) -> Result<ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS configuration: {e}"))?;
-    if !spec.tls_verify {
-        let verifier = AcceptAnyCertificate {
-            algorithms: provider.signature_verification_algorithms,
+/// The TLS client settings of a monitor, shared by all its endpoints' probes.
+///
+/// Built when the configuration is loaded ([`TlsCache`], on the loading thread), so a bad
+/// `ca_file` is a configuration error with its line, and probe tasks never read files. Every
+/// endpoint of a monitor shares one root store and verifier (about 10,000 endpoints would
+/// otherwise hold 10,000 copies of the public roots).
+///
+/// Session resumption is off: every probe does a full handshake, so every probe verifies the
+/// certificate chain, its expiry and the name. A resumed session (TLS 1.3 tickets last up to
+/// 7 days) would skip that and keep an endpoint with an expired or replaced certificate Online.
+#[derive(Clone)]
+pub struct ProbeTls {
+    config: Arc<ClientConfig>,
+    /// What built it: `tls_verify`, `ca_file` and a digest of the file's contents. Compared on
+    /// reload, so an edited `ca_file` restarts the probes that use it.
+    source: (bool, Option<PathBuf>, u64),
+}
+
+impl ProbeTls {
+    /// Builds the settings (reads `ca_file`: blocking file I/O).
+    pub fn load(verify: bool, ca_file: Option<&Path>) -> Result<Self, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS configuration: {e}"))?;
+        let (mut config, digest) = if verify {
+            let mut roots = RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            let mut digest = 0;
+            if let Some(path) = ca_file {
+                let shown = path.display();
+                let pem = std::fs::read(path).map_err(|e| format!("ca_file {shown}: {e}"))?;
+                digest = {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    pem.hash(&mut h);
+                    h.finish()
+                };
+                let mut added = 0;
+                // Other sections are named in the error: a key or CSR given by mistake is a
+                // common slip, and "no certificates" alone does not say what was found.
+                let mut others: Vec<&str> = Vec::new();
+                for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(&pem) {
+                    let (kind, der) = section
+                        .map_err(|e| format!("ca_file {shown}: bad PEM: {}", pem_error(&e)))?;
+                    if kind != SectionKind::Certificate {
+                        others.push(section_label(kind));
+                        continue;
+                    }
+                    roots
+                        .add(CertificateDer::from(der))
+                        .map_err(|e| format!("ca_file {shown}: unusable certificate: {e}"))?;
+                    added += 1;
+                }
+                if added == 0 && others.is_empty() {
+                    return Err(format!("ca_file {shown}: no PEM certificates found"));
+                }
+                if added == 0 {
+                    return Err(format!(
+                        "ca_file {shown}: no CERTIFICATE section, only {} (the CA's certificate \
+                         is needed here)",
+                        others.join(", ")
+                    ));
+                }
+            }
+            let config = builder.with_root_certificates(roots).with_no_client_auth();
+            (config, digest)
+        } else {
+            let verifier = AcceptAnyCertificate {
+                algorithms: provider.signature_verification_algorithms,
+            };
+            let config = builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth();
+            (config, 0)
         };
-        return Ok(builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth());
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(Self {
+            config: Arc::new(config),
+            source: (verify, ca_file.map(Path::to_path_buf), digest),
+        })
     }
-    let mut roots = RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = &spec.ca_file {
-        let shown = path.display();
-        let pem = std::fs::read(path).map_err(|e| format!("ca_file {shown}: {e}"))?;
-        let mut added = 0;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| format!("ca_file {shown}: bad PEM: {}", pem_error(&e)))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("ca_file {shown}: unusable certificate: {e}"))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(format!("ca_file {shown}: no PEM certificates found"));
+
+    /// The settings a monitor asks for: its prepared ones, else built now (hand-made specs).
+    fn of(spec: &MonitorSpec) -> Result<Arc<ClientConfig>, String> {
+        match &spec.tls {
+            Some(tls) => Ok(tls.config.clone()),
+            None => Self::load(spec.tls_verify, spec.ca_file.as_deref()).map(|t| t.config),
         }
     }
-    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+impl PartialEq for ProbeTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl std::fmt::Debug for ProbeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeTls")
+            .field("verify", &self.source.0)
+            .field("ca_file", &self.source.1)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`ProbeTls`] per distinct (`tls_verify`, `ca_file`) of one configuration load, so each file
+/// is read once however many monitors name it.
+#[derive(Default)]
+pub struct TlsCache {
+    built: HashMap<(bool, Option<PathBuf>), Result<ProbeTls, String>>,
+}
+
+impl TlsCache {
+    /// The settings for `spec` (TLS protocols only; `None` for the others).
+    pub fn get(&mut self, spec: &MonitorSpec) -> Option<Result<ProbeTls, String>> {
+        if !matches!(spec.protocol, Protocol::Https | Protocol::Mqtts) {
+            return None;
+        }
+        let key = (spec.tls_verify, spec.ca_file.clone());
+        let built = self
+            .built
+            .entry(key)
+            .or_insert_with(|| ProbeTls::load(spec.tls_verify, spec.ca_file.as_deref()));
+        Some(built.clone())
+    }
+}
+
+/// The PEM label of a section kind.
+fn section_label(kind: SectionKind) -> &'static str {
+    match kind {
+        SectionKind::Certificate => "CERTIFICATE",
+        SectionKind::PublicKey => "PUBLIC KEY",
+        SectionKind::RsaPrivateKey => "RSA PRIVATE KEY",
+        SectionKind::PrivateKey => "PRIVATE KEY",
+        SectionKind::EcPrivateKey => "EC PRIVATE KEY",
+        SectionKind::Crl => "X509 CRL",
+        SectionKind::Csr => "CERTIFICATE REQUEST",
+        _ => "another kind of section",
+    }
 }
 
 /// A PEM error with its marker lines as text (their `Display` shows bytes).
@@ -694,6 +805,53 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(text: &str) -> MonitorSpec {
+        let raw: super::super::monitor::RawMonitor = toml::from_str(text).unwrap();
+        MonitorSpec::from_raw(&raw).unwrap()
+    }
+
+    fn self_signed(name: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn monitors_with_the_same_tls_settings_share_one_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, self_signed("a.example")).unwrap();
+        let with_ca = format!("ca_file = {:?}", ca.display().to_string());
+        let mut cache = TlsCache::default();
+        let mut get = |text: &str| cache.get(&spec(text)).map(Result::unwrap);
+        let a = get(&format!("protocol = \"https\"\n{with_ca}")).unwrap();
+        let b = get(&format!("protocol = \"mqtts\"\nport = 8883\n{with_ca}")).unwrap();
+        assert!(
+            Arc::ptr_eq(&a.config, &b.config),
+            "one root store per ca_file"
+        );
+        let public = get("protocol = \"https\"").unwrap();
+        let any = get("protocol = \"https\"\ntls_verify = false").unwrap();
+        assert!(!Arc::ptr_eq(&a.config, &public.config));
+        assert!(!Arc::ptr_eq(&public.config, &any.config));
+        assert!(get("protocol = \"http\"").is_none());
+        assert!(get("protocol = \"mqtt\"").is_none());
+    }
+
+    /// The prober keeps an endpoint's probe across a reload only if its spec is unchanged:
+    /// a `ca_file` edited in place must count as a change.
+    #[test]
+    fn an_edited_ca_file_changes_the_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, self_signed("a.example")).unwrap();
+        let before = ProbeTls::load(true, Some(&ca)).unwrap();
+        assert_eq!(before, ProbeTls::load(true, Some(&ca)).unwrap());
+        std::fs::write(&ca, self_signed("b.example")).unwrap();
+        assert_ne!(before, ProbeTls::load(true, Some(&ca)).unwrap());
+        assert_ne!(before, ProbeTls::load(false, Some(&ca)).unwrap());
+    }
 
     #[test]
     fn varints_round_trip() {

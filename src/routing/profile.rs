@@ -20,6 +20,7 @@ use crate::config::{ConfigError, ConfigErrors, line_of_offset};
 use crate::geo::{Catalogue, GeoPoint};
 use crate::health::load::{CapacitySpec, RawCapacity};
 use crate::health::monitor::{MonitorSpec, Protocol, RawMonitor};
+use crate::health::probe::TlsCache;
 use crate::locate::Code;
 use crate::zone::{Zone, wire_is_subdomain, wire_lower};
 
@@ -91,6 +92,8 @@ struct Ctx<'a> {
     file: &'a Path,
     text: &'a str,
     errors: Vec<ConfigError>,
+    /// Probe TLS settings built so far (each `ca_file` read once).
+    tls: TlsCache,
 }
 
 impl Ctx<'_> {
@@ -156,6 +159,7 @@ pub fn load_profiles(
         file,
         text,
         errors: Vec::new(),
+        tls: TlsCache::default(),
     };
     // Names first, so nested references resolve regardless of order.
     let mut index: HashMap<String, usize> = HashMap::new();
@@ -583,7 +587,25 @@ pub fn load_profiles(
                         Some(m) => base.merged(m.get_ref()),
                         None => base,
                     };
-                    match MonitorSpec::from_raw(&merged) {
+                    // TLS settings are built here, on the loading thread: a bad `ca_file` is
+                    // reported at its line, and probe tasks never read files.
+                    let checked = MonitorSpec::from_raw(&merged).and_then(|mut spec| {
+                        // Relative to this file, like `$INCLUDE` (not to the working directory).
+                        if let (Some(ca), Some(dir)) = (&spec.ca_file, file.parent())
+                            && ca.is_relative()
+                        {
+                            spec.ca_file = Some(dir.join(ca));
+                        }
+                        if let Some(tls) = cx.tls.get(&spec) {
+                            let tls = tls.map_err(|e| {
+                                let e = e.strip_prefix("ca_file ").map_or(e.clone(), String::from);
+                                ("ca_file", e)
+                            })?;
+                            spec.tls = Some(tls);
+                        }
+                        Ok(spec)
+                    });
+                    match checked {
                         Ok(spec) if spec.protocol == Protocol::None => None,
                         Ok(spec) => Some(spec),
                         Err((key, msg)) => {
