@@ -11,7 +11,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use hickory_server::proto::rr::Record;
+use hickory_server::proto::rr::{RData, Record};
 use hickory_server::proto::serialize::binary::{BinEncodable, BinEncoder};
 
 /// Header length, RFC 1035 §4.1.1.
@@ -737,8 +737,9 @@ fn encode_into(
 
 fn emit_rr(enc: &mut BinEncoder<'_>, rr: &Rr<'_>) -> Result<(), hickory_server::proto::ProtoError> {
     // Owner (a pointer to the question's name, or the name itself, compressed), then type,
-    // class, TTL and a placeholder RDLENGTH as one slice.
-    let mut fixed = [0u8; 12];
+    // class, TTL and a placeholder RDLENGTH as one slice; for A and AAAA (every routed answer)
+    // the real RDLENGTH and the address too, so the record is a single write.
+    let mut fixed = [0u8; 12 + 16];
     let head = if rr.at_qname {
         fixed[..2].copy_from_slice(&(0xC000 | HEADER_LEN as u16).to_be_bytes());
         2
@@ -749,6 +750,21 @@ fn emit_rr(enc: &mut BinEncoder<'_>, rr: &Rr<'_>) -> Result<(), hickory_server::
     fixed[head..head + 2].copy_from_slice(&u16::from(rr.record.record_type()).to_be_bytes());
     fixed[head + 2..head + 4].copy_from_slice(&u16::from(rr.record.dns_class).to_be_bytes());
     fixed[head + 4..head + 8].copy_from_slice(&rr.ttl.to_be_bytes());
+    let n = match &rr.record.data {
+        RData::A(a) => {
+            fixed[head + 10..head + 14].copy_from_slice(&a.0.octets());
+            4
+        }
+        RData::AAAA(a) => {
+            fixed[head + 10..head + 26].copy_from_slice(&a.0.octets());
+            16
+        }
+        _ => 0,
+    };
+    if n > 0 {
+        fixed[head + 8..head + 10].copy_from_slice(&(n as u16).to_be_bytes());
+        return enc.emit_vec(&fixed[..head + 10 + n]);
+    }
     enc.emit_vec(&fixed[..head + 10])?;
     let len_at = enc.offset() - 2;
     let start = enc.offset();
@@ -865,6 +881,75 @@ mod tests {
             RData::A(std::net::Ipv4Addr::new(192, 0, 2, 1).into()),
         );
         assert!(ApexRr::soa(&a, &apex_wire).is_none());
+    }
+
+    /// A and AAAA records are written in one slice, not by hickory: they must decode to the
+    /// same records hickory's own encoder writes, at the question's name (pointer) and
+    /// elsewhere, and overflow the limit like any other record.
+    #[test]
+    fn addresses_written_directly_match_hickory() {
+        use hickory_server::proto::op::Message;
+        use hickory_server::proto::rr::{DNSClass, Name, RecordType};
+        let qname = Name::from_ascii("MqTt.Example.TEST.").unwrap();
+        let other = Name::from_ascii("eu.mqtt.example.test.").unwrap();
+        let records = [
+            Record::from_rdata(
+                qname.clone(),
+                30,
+                RData::A(Ipv4Addr::new(192, 0, 2, 10).into()),
+            ),
+            Record::from_rdata(
+                other.clone(),
+                60,
+                RData::A(Ipv4Addr::new(198, 51, 100, 7).into()),
+            ),
+            Record::from_rdata(
+                qname.clone(),
+                30,
+                RData::AAAA("2001:db8::10".parse::<Ipv6Addr>().unwrap().into()),
+            ),
+            Record::from_rdata(
+                other.clone(),
+                86_400,
+                RData::AAAA("2001:db8:ffff::1".parse::<Ipv6Addr>().unwrap().into()),
+            ),
+        ];
+        let mut question = b"\x04MqTt\x07Example\x04TEST\x00".to_vec();
+        question.extend_from_slice(&[0, 1, 0, 1]);
+        let h = ResponseHeader {
+            id: 9,
+            aa: true,
+            ..Default::default()
+        };
+        let mut s = Sections::default();
+        for (i, r) in records.iter().enumerate() {
+            s.answer.push(Rr {
+                record: r,
+                at_qname: r.name == qname,
+                ttl: 17 + i as u32,
+                apex: None,
+            });
+        }
+        let mut out = Vec::new();
+        encode(&mut out, &h, Some(&question), &s, None, 512).unwrap();
+        let m = Message::from_vec(&out).expect("decodes");
+        assert_eq!(m.answers.len(), 4);
+        for (i, (got, want)) in m.answers.iter().zip(&records).enumerate() {
+            assert_eq!(got.data, want.data);
+            assert_eq!(got.ttl, 17 + i as u32);
+            assert_eq!(got.dns_class, DNSClass::IN);
+            assert!(
+                got.name
+                    .eq_case(if want.name == qname { &qname } else { &other })
+            );
+            assert!(matches!(
+                got.record_type(),
+                RecordType::A | RecordType::AAAA
+            ));
+        }
+        // Too big for the limit: the same overflow as for any other record.
+        let limit = out.len() as u16 - 1;
+        assert!(encode(&mut out, &h, Some(&question), &s, None, limit).is_err());
     }
 
     #[test]

@@ -548,8 +548,15 @@ impl RoutingTable {
 
         let mut estimates: Small<Option<Estimate>> =
             smallvec::smallvec![None; profile.endpoints.len()];
-        let (picked, decision, mut level_scope) =
-            self.pick(profile, &cands, family, client, health, &mut estimates);
+        let (picked, decision, mut level_scope) = self.pick(
+            profile,
+            &cands,
+            family,
+            client,
+            health,
+            &mut estimates,
+            explain.is_some(),
+        );
         if hashed && level_scope != Scope::Global {
             level_scope = Scope::Source;
         }
@@ -610,7 +617,9 @@ impl RoutingTable {
     }
 
     /// Applies the method to the candidates. Returns the chosen endpoint indices, a lazily
-    /// formatted decision text, and how widely the decision holds.
+    /// formatted decision text (empty unless `want`: see [`lazy`]), and how widely the decision
+    /// holds.
+    #[allow(clippy::too_many_arguments)]
     fn pick<'a>(
         &'a self,
         profile: &'a Profile,
@@ -619,12 +628,13 @@ impl RoutingTable {
         client: &'a Client,
         health: &'a HealthSnapshot,
         estimates: &mut [Option<Estimate>],
-    ) -> (Small<usize>, Box<dyn Fn() -> String + 'a>, Scope) {
+        want: bool,
+    ) -> (Small<usize>, Why<'a>, Scope) {
         let eps = &profile.endpoints;
         if cands.is_empty() {
             return (
                 Small::new(),
-                Box::new(|| "no candidate: empty answer".into()),
+                lazy(want, || "no candidate: empty answer".into()),
                 Scope::Global,
             );
         }
@@ -674,7 +684,7 @@ impl RoutingTable {
                     let Some((best, best_ms)) = argmin(&total, &pool) else {
                         return (
                             smallvec::smallvec![pool[0]],
-                            Box::new(|| "no estimate".into()),
+                            lazy(want, || "no estimate".into()),
                             scope,
                         );
                     };
@@ -688,13 +698,21 @@ impl RoutingTable {
                     } else {
                         anchor
                     };
+                    // The decision text is only built for `explain`/`_why`: formatting its
+                    // floats would cost more than the whole choice.
+                    macro_rules! text {
+                        ($($t:tt)*) => { if want { format!($($t)*) } else { String::new() } };
+                    }
                     let mut why: String = if chosen == anchor && best != anchor {
-                        format!(
+                        text!(
                             "{}: hysteresis held it ({} would be {gain:.1} ms better; margin {} ms and {} %)",
-                            eps[anchor].name, eps[best].name, st.margin_ms, st.margin_pct
+                            eps[anchor].name,
+                            eps[best].name,
+                            st.margin_ms,
+                            st.margin_pct
                         )
                     } else {
-                        format!(
+                        text!(
                             "{}: lowest estimate {:.1} ms",
                             eps[chosen].name,
                             total(chosen).unwrap_or(best_ms)
@@ -740,7 +758,7 @@ impl RoutingTable {
                     if any_load && home.is_some_and(|h| !pool.contains(&h)) {
                         if let Some(i) = spread(None, "spread") {
                             let home_name = home.map_or("-", |h| eps[h].name.as_str());
-                            why = format!(
+                            why = text!(
                                 "{}: home {home_name} unavailable; its clients spread by headroom and latency",
                                 eps[i].name
                             );
@@ -754,7 +772,7 @@ impl RoutingTable {
                         if unit_hash(client, &format!("spill/{}", eps[chosen].key)) < p
                             && let Some(i) = spread(Some(chosen), "spill")
                         {
-                            why = format!(
+                            why = text!(
                                 "{}: spilled from {} at {:.0} % load (spill share {:.0} %)",
                                 eps[i].name,
                                 eps[chosen].name,
@@ -763,7 +781,7 @@ impl RoutingTable {
                             );
                             chosen = i;
                         } else {
-                            why.push_str(&format!(
+                            why.push_str(&text!(
                                 "; at {:.0} % load, {:.0} % of client networks spill",
                                 r * 100.0,
                                 p * 100.0
@@ -772,7 +790,7 @@ impl RoutingTable {
                     }
                     return (
                         smallvec::smallvec![chosen],
-                        Box::new(move || why.clone()),
+                        lazy(want, move || why.clone()),
                         scope,
                     );
                 }
@@ -789,7 +807,7 @@ impl RoutingTable {
                 let name = &eps[i].name;
                 (
                     smallvec::smallvec![i],
-                    Box::new(move || {
+                    lazy(want, move || {
                         format!(
                             "{name}: client location unknown; lowest probe RTT, then profile order"
                         )
@@ -806,7 +824,9 @@ impl RoutingTable {
                 let (name, prio) = (&eps[i].name, eps[i].priority);
                 (
                     smallvec::smallvec![i],
-                    Box::new(move || format!("{name}: lowest priority {prio} among served")),
+                    lazy(want, move || {
+                        format!("{name}: lowest priority {prio} among served")
+                    }),
                     Scope::Global,
                 )
             }
@@ -850,7 +870,7 @@ impl RoutingTable {
                 let (name, w, sticky) = (&eps[chosen].name, eps[chosen].weight, profile.sticky);
                 (
                     smallvec::smallvec![chosen],
-                    Box::new(move || {
+                    lazy(want, move || {
                         format!(
                             "{name}: weight {w} of {total}{}",
                             if sticky {
@@ -875,7 +895,7 @@ impl RoutingTable {
                     let name = &eps[i].name;
                     return (
                         Small::new(),
-                        Box::new(move || {
+                        lazy(want, move || {
                             format!(
                                 "{name} (most specific match {g}) is not served and geo_strict \
                                  forbids a fallback: empty answer"
@@ -890,13 +910,13 @@ impl RoutingTable {
                         let name = &eps[i].name;
                         (
                             smallvec::smallvec![i],
-                            Box::new(move || format!("{name}: most specific match {g}")),
+                            lazy(want, move || format!("{name}: most specific match {g}")),
                             Scope::GeoNetwork,
                         )
                     }
                     None => (
                         Small::new(),
-                        Box::new(|| {
+                        lazy(want, || {
                             "no served endpoint maps the client's location: empty answer".into()
                         }),
                         Scope::GeoNetwork,
@@ -910,7 +930,9 @@ impl RoutingTable {
                 let max = profile.max_answers;
                 (
                     picked,
-                    Box::new(move || format!("{n} served endpoint(s), at most {max}")),
+                    lazy(want, move || {
+                        format!("{n} served endpoint(s), at most {max}")
+                    }),
                     Scope::Global,
                 )
             }
@@ -932,7 +954,7 @@ impl RoutingTable {
                     let name = &eps[i].name;
                     return (
                         smallvec::smallvec![i],
-                        Box::new(move || format!("{name}: client in its /{len} range")),
+                        lazy(want, move || format!("{name}: client in its /{len} range")),
                         Scope::Source,
                     );
                 }
@@ -941,7 +963,7 @@ impl RoutingTable {
                         let name = &eps[i].name;
                         (
                             smallvec::smallvec![i],
-                            Box::new(move || {
+                            lazy(want, move || {
                                 format!("{name}: no range matched; fallback endpoint")
                             }),
                             Scope::Source,
@@ -949,7 +971,9 @@ impl RoutingTable {
                     }
                     None => (
                         Small::new(),
-                        Box::new(|| "no range matched and no fallback: empty answer".into()),
+                        lazy(want, || {
+                            "no range matched and no fallback: empty answer".into()
+                        }),
                         Scope::Source,
                     ),
                 }
@@ -1009,6 +1033,20 @@ fn detail(method: Method, e: &Endpoint) -> String {
 
 /// A client network's position in [0, 1) for a salt: decides ramps and spills, the same for
 /// every query from that network (/24, /56).
+/// A decision's text, formatted only when someone reads it.
+type Why<'a> = Box<dyn Fn() -> String + 'a>;
+
+/// `text` as a [`Why`] when `want`, else an empty one. Answers do not read the text, only
+/// `explain` and `_why` do; the empty one is a zero-sized closure, so boxing it allocates
+/// nothing (a capturing closure would cost an allocation per routed query).
+fn lazy<'a>(want: bool, text: impl Fn() -> String + 'a) -> Why<'a> {
+    if want {
+        Box::new(text)
+    } else {
+        Box::new(String::new)
+    }
+}
+
 fn unit_hash(client: &Client, salt: &str) -> f64 {
     (mix(client.sticky_key() ^ fnv(salt.as_bytes())) >> 11) as f64 / (1u64 << 53) as f64
 }
