@@ -8,7 +8,7 @@ only. Everything runs on 127.0.0.0/8 (all of it is local on Linux):
     alternately `priority` and `performance` (with Azure regions), each endpoint a distinct
     address 127.X.Y.Z (X, Y, Z in 1..250), monitored with protocol tcp on one port P at
     INTERVAL (10 s) (PROTOCOL=http: an HTTP GET / instead);
-  - one endpoint in LISTEN_EVERY (10) has a listener on its address:P (accepts and closes, so
+  - one endpoint in LISTEN_EVERY (10) has a listener on its address:P (accepts and closes, or with PROTOCOL=http reads the request and answers 200, so
     its probes succeed); the others refuse (RST), so those endpoints end up Degraded and every
     round of theirs is two probes (the probe and its immediate confirmation);
   - geosteer (workers = WORKERS) is sampled every SAMPLE seconds: CPU (utime + stime of
@@ -134,9 +134,21 @@ class Listeners:
         raise Abort(f"no TCP port free on all {len(self.addrs)} listener addresses after 30 tries")
 
     def _run(self):
+        listening = set(self.socks)
         while not self.stop.is_set():
             for key, _ in self.sel.select(0.2):
                 s = key.fileobj
+                if s not in listening:
+                    # An HTTP connection with its request in: answer, then close (closing
+                    # before the request is read would reset the connection).
+                    try:
+                        s.recv(4096)
+                        s.send(self.reply)
+                    except OSError:
+                        pass
+                    self.sel.unregister(s)
+                    s.close()
+                    continue
                 while True:
                     try:
                         c, _ = s.accept()
@@ -146,13 +158,10 @@ class Listeners:
                         break
                     t = time.monotonic()
                     if self.reply:
-                        # One non-blocking write of a complete response: the probe reads the
-                        # status line, the close ends it (and the kernel keeps the bytes).
-                        try:
-                            c.send(self.reply)
-                        except OSError:
-                            pass
-                    c.close()
+                        c.setblocking(False)
+                        self.sel.register(c, selectors.EVENT_READ)
+                    else:
+                        c.close()
                     with self.lock:
                         self.accepts.append(t)
 

@@ -143,6 +143,13 @@ type Log = Arc<Mutex<Vec<Seen>>>;
 /// Serves /ok (200), /fail (503), /redirect (302 to /ok) and /slow (never answers).
 async fn serve_http(tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, Log) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_http_on(listener, tls)
+}
+
+fn serve_http_on(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (SocketAddr, Log) {
     let addr = listener.local_addr().unwrap();
     let log: Log = Arc::default();
     let server_log = log.clone();
@@ -436,6 +443,47 @@ fn bad_ca_files_are_named() {
 
 // ---------------------------------------------------------------------------------------------
 // HTTP
+
+/// Endpoints of one monitor share one HTTP client, and their URLs carry the same name (here
+/// from the Host header; it resolves nowhere): each probe must still reach its own endpoint's
+/// address, also when probes of both run at the same time.
+#[tokio::test]
+async fn http_probes_sharing_a_client_reach_their_own_address() {
+    // Two servers on the same port of two loopback addresses: only the address tells them apart.
+    let (a, b) = loop {
+        let a = TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let port = a.local_addr().unwrap().port();
+        if let Ok(b) = TcpListener::bind(("127.0.0.3", port)).await {
+            break (a, b);
+        }
+    };
+    let (addr_a, log_a) = serve_http_on(a, None);
+    let (addr_b, log_b) = serve_http_on(b, None);
+    let text = format!("protocol = \"http\"\npath = \"/ok\"\nheaders = {{ Host = \"{NAME}\" }}");
+    let mut spec = spec(&text);
+    spec.tls = Some(ProbeTls::load(true, None).unwrap());
+    let (probe_a, probe_b) = (
+        Probe::new(&spec, addr_a).unwrap(),
+        Probe::new(&spec, addr_b).unwrap(),
+    );
+    for round in 0..10 {
+        let (x, y) = tokio::join!(probe_a.run(), probe_b.run());
+        assert!(x.ok && y.ok, "round {round}: {x:?} {y:?}");
+    }
+    for _ in 0..5 {
+        assert!(probe_a.run().await.ok);
+    }
+    let requests = |log: &Log| {
+        let log = log.lock().unwrap();
+        assert!(log.iter().all(|s| s.host.as_deref() == Some(NAME)));
+        log.len()
+    };
+    assert_eq!(
+        (requests(&log_a), requests(&log_b)),
+        (15, 10),
+        "requests seen by A, B"
+    );
+}
 
 #[tokio::test]
 async fn http_against_a_plain_server() {
