@@ -629,7 +629,7 @@ impl ProbeTls {
             let mut digest = 0;
             if let Some(path) = ca_file {
                 let shown = path.display();
-                let pem = std::fs::read(path).map_err(|e| format!("ca_file {shown}: {e}"))?;
+                let pem = read_ca_file(path).map_err(|e| format!("ca_file {shown}: {e}"))?;
                 digest = {
                     use std::hash::{Hash, Hasher};
                     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -786,6 +786,31 @@ impl TlsCache {
             .or_insert_with(|| ProbeTls::load(spec.tls_verify, spec.ca_file.as_deref()));
         Some(built.clone())
     }
+}
+
+/// Largest `ca_file` read (a bundle of every public root is ≈ 250 KiB).
+const MAX_CA_FILE: u64 = 8 << 20;
+
+/// Reads a CA file: a regular file of at most [`MAX_CA_FILE`] bytes. `/dev/zero` or a FIFO
+/// would otherwise hang the load (and every reload) or exhaust memory.
+fn read_ca_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut pem = Vec::new();
+    file.take(MAX_CA_FILE + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| e.to_string())?;
+    if pem.len() as u64 > MAX_CA_FILE {
+        return Err(format!(
+            "larger than {} MiB: not a CA file",
+            MAX_CA_FILE >> 20
+        ));
+    }
+    Ok(pem)
 }
 
 /// The PEM label of a section kind.
