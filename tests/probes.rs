@@ -778,6 +778,66 @@ fn ca_and_server_cert() -> (String, String, String) {
     (ca.pem(), cert.pem(), key.serialize_pem())
 }
 
+/// MQTTS probes share the monitor's TLS settings like HTTPS ones and must not resume either.
+/// mosquitto does not say whether a handshake resumed, so the broker here is a rustls server
+/// that records it and answers any CONNECT with an accepting CONNACK.
+#[tokio::test]
+async fn mqtts_probes_never_resume_a_session() {
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec![NAME.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, cert.pem()).unwrap();
+    let tls = acceptor(&cert.pem(), &key.serialize_pem());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let resumed: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let seen = resumed.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (tls, seen) = (tls.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(mut s) = tls.accept(tcp).await else {
+                    return;
+                };
+                let kind = s.get_ref().1.handshake_kind();
+                seen.lock()
+                    .unwrap()
+                    .push(kind == Some(rustls::HandshakeKind::Resumed));
+                let mut buf = [0u8; 512];
+                if s.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                // CONNACK: no session present, return code 0 (accepted).
+                let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    let text = format!(
+        "protocol = \"mqtts\"\nsni = \"{NAME}\"\nca_file = {}",
+        toml_path(&ca_file)
+    );
+    let mut spec = spec(&text);
+    spec.tls = Some(ProbeTls::load(true, Some(&ca_file)).unwrap());
+    let (first, second) = (
+        Probe::new(&spec, addr).unwrap(),
+        Probe::new(&spec, addr).unwrap(),
+    );
+    for p in [&first, &first, &second, &first] {
+        let out = run(p, Duration::from_secs(1)).await;
+        assert!(out.ok, "{out:?}");
+    }
+    assert_eq!(
+        *resumed.lock().unwrap(),
+        [false; 4],
+        "handshakes that resumed"
+    );
+}
+
 #[tokio::test]
 async fn mqtts_with_a_private_ca() {
     let (ca, cert, key) = ca_and_server_cert();
