@@ -790,9 +790,14 @@ fn alerts_and_dashboard_use_only_metrics_and_labels_geosteer_exports() {
 
     // name → label names seen on its samples.
     let mut exported: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // The text format wants each family's samples in one group after its TYPE line: so every
+    // sample belongs to the family of the TYPE line last seen, and each TYPE appears once.
+    let mut family = String::new();
     for line in body.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let name = rest.split_whitespace().next().unwrap().to_string();
+            assert!(!exported.contains_key(&name), "second TYPE line for {name}");
+            family = name.clone();
             exported.entry(name).or_default();
             continue;
         }
@@ -801,6 +806,11 @@ fn alerts_and_dashboard_use_only_metrics_and_labels_geosteer_exports() {
         }
         let name_end = line.find(['{', ' ']).unwrap_or(line.len());
         let name = line[..name_end].to_string();
+        assert!(
+            name.strip_prefix(family.as_str())
+                .is_some_and(|rest| ["", "_bucket", "_sum", "_count"].contains(&rest)),
+            "sample {line:?} outside its family's group (after TYPE {family})"
+        );
         let mut labels = BTreeSet::new();
         if line[name_end..].starts_with('{') {
             let close = line.rfind('}').unwrap();

@@ -1,6 +1,8 @@
 //! Probes against real servers on 127.0.0.1: TCP listeners, an HTTP(S) server written here
 //! (tokio-rustls, rcgen certificates) and Debian's mosquitto broker (MQTT 3.1.1, 5 and TLS).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -260,14 +262,21 @@ struct HttpsFixture {
     log: Log,
     _dir: tempfile::TempDir,
     ca_file: PathBuf,
+    /// The certificate's notAfter, Unix time.
+    not_after: i64,
+}
+
+/// A self-signed certificate for [`NAME`] valid until 2031-01-02, and its notAfter (Unix time).
+fn certificate() -> (rcgen::Certificate, KeyPair, i64) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![NAME.to_string()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(2031, 1, 2);
+    let not_after = params.not_after.unix_timestamp();
+    (params.self_signed(&key).unwrap(), key, not_after)
 }
 
 async fn https_fixture() -> HttpsFixture {
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![NAME.to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
+    let (cert, key, not_after) = certificate();
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("self-signed.pem");
     std::fs::write(&ca_file, cert.pem()).unwrap();
@@ -277,6 +286,7 @@ async fn https_fixture() -> HttpsFixture {
         log,
         _dir: dir,
         ca_file,
+        not_after,
     }
 }
 
@@ -308,6 +318,11 @@ async fn https_verified_with_ca_file() {
     assert!(out.ok, "{out:?}");
     assert_eq!(stage_names(&out), ["status"]);
     assert!(out.rtt > Duration::ZERO);
+    assert_eq!(
+        out.cert_not_after,
+        Some(f.not_after),
+        "the certificate's expiry"
+    );
     let seen = f.last();
     assert_eq!(seen.sni.as_deref(), Some(NAME));
     assert_eq!(seen.method, "GET");
@@ -423,6 +438,81 @@ async fn https_probes_never_resume_a_session() {
     }
     let resumed: Vec<bool> = f.log.lock().unwrap().iter().map(|s| s.resumed).collect();
     assert_eq!(resumed, [false; 5], "handshakes that resumed a session");
+}
+
+/// End to end: geosteer probing an HTTPS endpoint exports when its certificate expires, in
+/// `/metrics` (for an alert weeks ahead) and in `/api/status`; plain TCP probes export none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_expiry_is_exported() {
+    let f = https_fixture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let zones = dir.path().join("zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    std::fs::write(
+        zones.join("c.test.zone"),
+        "$ORIGIN c.test.\n$TTL 60\n@ IN SOA ns.c.test. h.c.test. 1 2 3 4 30\n@ IN NS ns.c.test.\nns IN A 127.0.0.1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        zones.join("c.test.toml"),
+        format!(
+            "[[profile]]\nname = \"mqtt\"\nmethod = \"priority\"\n\
+             [[profile.endpoint]]\nname = \"tls\"\ntargets = [\"127.0.0.1\"]\n\
+             [profile.endpoint.monitor]\nprotocol = \"https\"\nport = {}\npath = \"/ok\"\nsni = \"{NAME}\"\nca_file = {}\n\
+             [[profile.endpoint]]\nname = \"plain\"\ntargets = [\"127.0.0.1\"]\n\
+             [profile.endpoint.monitor]\nprotocol = \"tcp\"\nport = {}\n",
+            f.addr.port(),
+            toml_path(&f.ca_file),
+            f.addr.port(),
+        ),
+    )
+    .unwrap();
+    let s = tokio::task::spawn_blocking(move || {
+        common::Server::start_with(common::Opts {
+            zones_dir: Some(zones),
+            ..Default::default()
+        })
+    })
+    .await
+    .unwrap();
+    let admin = s.admin.expect("admin API address");
+    // HTTP/1.0 by hand: the admin API is plain HTTP and the reply ends with the connection.
+    let get = |path: &str| {
+        let request = format!("GET {path} HTTP/1.0\r\nHost: geosteer\r\n\r\n");
+        async move {
+            let mut tcp = TcpStream::connect(admin).await.ok()?;
+            tcp.write_all(request.as_bytes()).await.ok()?;
+            let mut reply = String::new();
+            tcp.read_to_string(&mut reply).await.ok()?;
+            Some(reply.split_once("\r\n\r\n")?.1.to_string())
+        }
+    };
+    let name = "geosteer_endpoint_certificate_expiry_timestamp_seconds";
+    let want = format!("{name}{{endpoint=\"mqtt.c.test./tls\"}} {}", f.not_after);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let metrics = loop {
+        let body = get("/metrics").await.unwrap_or_default();
+        if body.lines().any(|l| l == want) || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let lines: Vec<&str> = metrics.lines().filter(|l| l.starts_with(name)).collect();
+    assert_eq!(lines, [want.as_str()], "only the https endpoint has one");
+    let status: serde_json::Value =
+        serde_json::from_str(&get("/api/status").await.expect("status")).unwrap();
+    let endpoints = status["profiles"][0]["endpoints"]
+        .as_array()
+        .expect("endpoints");
+    let expiry = |n: &str| {
+        endpoints
+            .iter()
+            .find(|e| e["name"] == n)
+            .map(|e| e["cert_not_after_unix"].clone())
+    };
+    assert_eq!(expiry("tls"), Some(serde_json::json!(f.not_after)));
+    assert_eq!(expiry("plain"), Some(serde_json::Value::Null));
+    drop(s);
 }
 
 #[test]
@@ -783,11 +873,7 @@ fn ca_and_server_cert() -> (String, String, String) {
 /// that records it and answers any CONNECT with an accepting CONNACK.
 #[tokio::test]
 async fn mqtts_probes_never_resume_a_session() {
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![NAME.to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
+    let (cert, key, not_after) = certificate();
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, cert.pem()).unwrap();
@@ -830,6 +916,11 @@ async fn mqtts_probes_never_resume_a_session() {
     for p in [&first, &first, &second, &first] {
         let out = run(p, Duration::from_secs(1)).await;
         assert!(out.ok, "{out:?}");
+        assert_eq!(
+            out.cert_not_after,
+            Some(not_after),
+            "the certificate's expiry"
+        );
     }
     assert_eq!(
         *resumed.lock().unwrap(),

@@ -165,6 +165,9 @@ pub struct EndpointStatus {
     pub capacity: Option<f64>,
     /// Last load-poll error.
     pub load_error: Option<String>,
+    /// Unix time at which the endpoint's TLS certificate expires, as last seen by a probe
+    /// (kept while later handshakes fail, e.g. because it has expired).
+    pub cert_not_after_unix: Option<i64>,
 }
 
 /// Health of every endpoint, immutable once published.

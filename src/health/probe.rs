@@ -50,6 +50,9 @@ pub struct ProbeOutcome {
     pub stages: Vec<(&'static str, Duration)>,
     /// Why it failed, for logs and the status API.
     pub error: Option<String>,
+    /// Unix time at which the endpoint's TLS certificate (the leaf it presented) expires;
+    /// https and mqtts, whenever the handshake completed (also when the probe then failed).
+    pub cert_not_after: Option<i64>,
 }
 
 /// A ready-to-run probe of one endpoint address.
@@ -125,13 +128,15 @@ impl Probe {
             .checked_add(self.timeout)
             .unwrap_or_else(|| start + Duration::from_secs(86_400));
         let mut stages = Vec::new();
+        let mut cert = None;
         let result = tokio::time::timeout_at(deadline, async {
             match &self.kind {
                 Kind::Tcp => tcp_probe(self.target, start, &mut stages).await,
                 // Boxed so the common TCP probe's future stays small (see prober::round).
-                Kind::Http(http) => Box::pin(http.run(start, &mut stages)).await,
+                Kind::Http(http) => Box::pin(http.run(start, &mut stages, &mut cert)).await,
                 Kind::Mqtt(mqtt) => {
-                    Box::pin(mqtt.run(self.target, start, deadline, &mut stages)).await
+                    let run = mqtt.run(self.target, start, deadline, &mut stages, &mut cert);
+                    Box::pin(run).await
                 }
             }
         })
@@ -142,12 +147,14 @@ impl Probe {
                 rtt,
                 stages,
                 error: None,
+                cert_not_after: cert,
             },
             Ok(Err(error)) => ProbeOutcome {
                 ok: false,
                 rtt: start.elapsed(),
                 stages,
                 error: Some(error),
+                cert_not_after: cert,
             },
             Err(_) => {
                 let waiting = self.waiting_for(&stages);
@@ -156,6 +163,7 @@ impl Probe {
                     rtt: start.elapsed(),
                     stages,
                     error: Some(format!("timeout after {:?} {waiting}", self.timeout)),
+                    cert_not_after: cert,
                 }
             }
         }
@@ -254,6 +262,7 @@ impl HttpProbe {
         &self,
         start: Instant,
         stages: &mut Vec<(&'static str, Duration)>,
+        cert: &mut Option<i64>,
     ) -> Result<Duration, String> {
         let request = self
             .client
@@ -266,6 +275,11 @@ impl HttpProbe {
             .map_err(|e| error_chain(&e))?;
         let rtt = start.elapsed();
         stages.push(("status", rtt));
+        *cert = response
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|t| t.peer_certificate())
+            .and_then(not_after);
         let status = response.status().as_u16();
         // The body is never read: dropping the response closes the (unpooled) connection.
         drop(response);
@@ -331,6 +345,7 @@ impl MqttProbe {
         start: Instant,
         deadline: Instant,
         stages: &mut Vec<(&'static str, Duration)>,
+        cert: &mut Option<i64>,
     ) -> Result<Duration, String> {
         let tcp = TcpStream::connect(target)
             .await
@@ -346,6 +361,12 @@ impl MqttProbe {
                     .await
                     .map_err(|e| format!("TLS handshake: {}", error_chain(&e)))?;
                 stages.push(("tls", start.elapsed()));
+                *cert = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|leaf| not_after(leaf));
                 self.exchange(tls, start, deadline, stages).await
             }
         }
@@ -687,6 +708,8 @@ impl ProbeTls {
             // No pool: every probe is a new connection (and a connection made for one
             // endpoint can never serve another's probe, although they share the client).
             .pool_max_idle_per_host(0)
+            // For the certificate's expiry (`ProbeOutcome::cert_not_after`).
+            .tls_info(true)
             .user_agent(concat!("geosteer-probe/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("HTTP client: {}", error_chain(&e)))?;
@@ -786,6 +809,12 @@ impl TlsCache {
             .or_insert_with(|| ProbeTls::load(spec.tls_verify, spec.ca_file.as_deref()));
         Some(built.clone())
     }
+}
+
+/// Unix time of a DER certificate's notAfter (`None` if it does not parse).
+fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// Largest `ca_file` read (a bundle of every public root is ≈ 250 KiB).

@@ -615,6 +615,9 @@ impl Publisher {
                             d.probes_failed += 1;
                             d.last_error = outcome.error.clone();
                         }
+                        if outcome.cert_not_after.is_some() {
+                            d.cert_not_after_unix = outcome.cert_not_after;
+                        }
                         d.last_stages = outcome
                             .stages
                             .iter()
@@ -685,6 +688,7 @@ fn failed(error: String) -> ProbeOutcome {
         rtt: Duration::ZERO,
         stages: Vec::new(),
         error: Some(error),
+        cert_not_after: None,
     }
 }
 

@@ -151,6 +151,7 @@ struct EndpointView {
     load: Option<f64>,
     load_error: Option<String>,
     recovery_ramp: f64,
+    cert_not_after_unix: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -223,6 +224,7 @@ async fn status(AxState(c): AxState<Shared>) -> Response {
                         load: h.load,
                         load_error: d.and_then(|d| d.load_error.clone()),
                         recovery_ramp: h.ramp,
+                        cert_not_after_unix: d.and_then(|d| d.cert_not_after_unix),
                     }
                 })
                 .collect(),

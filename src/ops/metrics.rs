@@ -262,51 +262,56 @@ impl Metrics {
             }
         }
 
+        // One group per metric family, HELP/TYPE first (the text format asks for it).
+        let mut keys: Vec<_> = health.details.keys().collect();
+        keys.sort();
+        let rows: Vec<(
+            &std::sync::Arc<str>,
+            &crate::health::EndpointStatus,
+            MonitorState,
+        )> = keys
+            .into_iter()
+            .map(|k| {
+                let h = health.get(k);
+                let state = match (&h.forced, h.state) {
+                    (Some(f), _) if f.scope.is_empty() => match f.action {
+                        crate::health::ForceAction::Down => MonitorState::ForcedDown,
+                        crate::health::ForceAction::Up => MonitorState::ForcedUp,
+                    },
+                    (_, s) => s,
+                };
+                (k, &health.details[k], state)
+            })
+            .collect();
         help(
             &mut o,
             "geosteer_endpoint_up",
             "gauge",
             "1 if the endpoint is served (Online, CheckingEndpoint, Unmonitored, ForcedUp).",
         );
+        for (k, _, state) in &rows {
+            let up = u8::from(state.serves());
+            let _ = writeln!(o, "geosteer_endpoint_up{{endpoint=\"{k}\"}} {up}");
+        }
         help(
             &mut o,
             "geosteer_endpoint_state",
             "gauge",
             "The endpoint's monitor state (1 for the current state).",
         );
+        for (k, _, state) in &rows {
+            let _ = writeln!(
+                o,
+                "geosteer_endpoint_state{{endpoint=\"{k}\",state=\"{state:?}\"}} 1"
+            );
+        }
         help(
             &mut o,
             "geosteer_endpoint_rtt_seconds",
             "gauge",
             "Smoothed (peak EWMA) probe round-trip time.",
         );
-        help(
-            &mut o,
-            "geosteer_probes_total",
-            "counter",
-            "Probe results per endpoint.",
-        );
-        let mut keys: Vec<_> = health.details.keys().collect();
-        keys.sort();
-        for k in keys {
-            let d = &health.details[k];
-            let h = health.get(k);
-            let state = match (&h.forced, h.state) {
-                (Some(f), _) if f.scope.is_empty() => match f.action {
-                    crate::health::ForceAction::Down => MonitorState::ForcedDown,
-                    crate::health::ForceAction::Up => MonitorState::ForcedUp,
-                },
-                (_, s) => s,
-            };
-            let _ = writeln!(
-                o,
-                "geosteer_endpoint_up{{endpoint=\"{k}\"}} {}",
-                u8::from(state.serves())
-            );
-            let _ = writeln!(
-                o,
-                "geosteer_endpoint_state{{endpoint=\"{k}\",state=\"{state:?}\"}} 1"
-            );
+        for (k, d, _) in &rows {
             if let Some(r) = d.rtt_ms {
                 let _ = writeln!(
                     o,
@@ -314,16 +319,34 @@ impl Metrics {
                     r / 1000.0
                 );
             }
-            let _ = writeln!(
-                o,
-                "geosteer_probes_total{{endpoint=\"{k}\",result=\"ok\"}} {}",
-                d.probes_ok
-            );
-            let _ = writeln!(
-                o,
-                "geosteer_probes_total{{endpoint=\"{k}\",result=\"failed\"}} {}",
-                d.probes_failed
-            );
+        }
+        help(
+            &mut o,
+            "geosteer_endpoint_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "Unix time at which the TLS certificate an https/mqtts probe last saw expires.",
+        );
+        for (k, d, _) in &rows {
+            if let Some(t) = d.cert_not_after_unix {
+                let _ = writeln!(
+                    o,
+                    "geosteer_endpoint_certificate_expiry_timestamp_seconds{{endpoint=\"{k}\"}} {t}"
+                );
+            }
+        }
+        help(
+            &mut o,
+            "geosteer_probes_total",
+            "counter",
+            "Probe results per endpoint.",
+        );
+        for (k, d, _) in &rows {
+            for (result, n) in [("ok", d.probes_ok), ("failed", d.probes_failed)] {
+                let _ = writeln!(
+                    o,
+                    "geosteer_probes_total{{endpoint=\"{k}\",result=\"{result}\"}} {n}"
+                );
+            }
         }
         help(
             &mut o,
@@ -331,23 +354,29 @@ impl Metrics {
             "gauge",
             "Broker connections last polled from the endpoint's load source.",
         );
+        for (k, d, _) in &rows {
+            if let (Some(c), Some(_)) = (d.connections, d.capacity) {
+                let _ = writeln!(o, "geosteer_endpoint_connections{{endpoint=\"{k}\"}} {c}");
+            }
+        }
         help(
             &mut o,
             "geosteer_endpoint_capacity",
             "gauge",
             "Configured connection capacity.",
         );
+        for (k, d, _) in &rows {
+            if let (Some(_), Some(cap)) = (d.connections, d.capacity) {
+                let _ = writeln!(o, "geosteer_endpoint_capacity{{endpoint=\"{k}\"}} {cap}");
+            }
+        }
         help(
             &mut o,
             "geosteer_endpoint_load_ratio",
             "gauge",
             "Connections / capacity as routing uses it (fresh data only).",
         );
-        for (k, d) in &health.details {
-            if let (Some(c), Some(cap)) = (d.connections, d.capacity) {
-                let _ = writeln!(o, "geosteer_endpoint_connections{{endpoint=\"{k}\"}} {c}");
-                let _ = writeln!(o, "geosteer_endpoint_capacity{{endpoint=\"{k}\"}} {cap}");
-            }
+        for (k, _, _) in &rows {
             if let Some(l) = health.get(k).load {
                 let _ = writeln!(o, "geosteer_endpoint_load_ratio{{endpoint=\"{k}\"}} {l}");
             }
