@@ -268,41 +268,28 @@ mod tests {
         }
     }
 
+    /// The error a poll of a server answering `head` and `body_len` bytes ends with.
+    async fn poll_error(head: &'static str, body_len: usize) -> String {
+        let url = serve(head, body_len).await;
+        LoadPoller::new(&spec(url))
+            .unwrap()
+            .poll()
+            .await
+            .unwrap_err()
+    }
+
     #[tokio::test]
     async fn redirects_are_not_followed_and_bodies_are_bounded() {
-        let url = serve(
-            "HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n",
-            0,
-        )
-        .await;
-        let err = LoadPoller::new(&spec(url))
-            .unwrap()
-            .poll()
-            .await
-            .unwrap_err();
+        let redirect =
+            "HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n";
+        let err = poll_error(redirect, 0).await;
         assert!(err.ends_with("status 302 Found"), "{err}");
-        let url = serve(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n",
-            MAX_LOAD_BODY + 1,
-        )
-        .await;
-        let err = LoadPoller::new(&spec(url))
-            .unwrap()
-            .poll()
-            .await
-            .unwrap_err();
+        let json =
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n";
+        let err = poll_error(json, MAX_LOAD_BODY + 1).await;
         assert!(err.ends_with("response larger than 8 MiB"), "{err}");
         // Just under the bound is read (and then fails as JSON, which proves it was read).
-        let url = serve(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n",
-            MAX_LOAD_BODY,
-        )
-        .await;
-        let err = LoadPoller::new(&spec(url))
-            .unwrap()
-            .poll()
-            .await
-            .unwrap_err();
+        let err = poll_error(json, MAX_LOAD_BODY).await;
         assert!(!err.contains("larger than"), "{err}");
     }
 

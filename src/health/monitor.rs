@@ -138,8 +138,9 @@ pub struct MonitorSpec {
     pub tolerated_failures: u32,
     /// Consecutive successes needed to come back from Degraded (anti-flap).
     pub recovery: u32,
-    /// TLS client settings (https, mqtts), prepared by the loader from `tls_verify` and
-    /// `ca_file` and shared by every endpoint with the same ones; `None` from [`Self::from_raw`].
+    /// TLS settings and HTTP client (http, https, mqtts), prepared by the loader from
+    /// `tls_verify` and `ca_file` and shared by every endpoint with the same ones; `None` from
+    /// [`Self::from_raw`].
     #[serde(skip)]
     pub tls: Option<super::probe::ProbeTls>,
     /// Random extra delay before each scheduled probe (spreads probes of many endpoints).

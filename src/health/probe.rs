@@ -247,7 +247,7 @@ impl HttpProbe {
             other => return Err(format!("method {other} is not GET or HEAD")),
         };
 
-        let client = ProbeTls::http_client_of(spec)?;
+        let client = ProbeTls::of(spec)?.http;
         Ok(Self {
             client,
             target,
@@ -319,7 +319,7 @@ impl MqttProbe {
                 .unwrap_or_else(|| target.ip().to_string());
             let server_name = ServerName::try_from(name.clone())
                 .map_err(|e| format!("TLS server name {name:?}: {e}"))?;
-            Some((ProbeTls::of(spec)?, server_name))
+            Some((ProbeTls::of(spec)?.config, server_name))
         } else {
             None
         };
@@ -637,12 +637,14 @@ pub struct ProbeTls {
 }
 
 impl ProbeTls {
-    /// Builds the settings (reads `ca_file`: blocking file I/O).
-    pub fn load(verify: bool, ca_file: Option<&Path>) -> Result<Self, String> {
+    /// Builds the settings (reads `ca_file`: blocking file I/O). Errors name the monitor field
+    /// at fault, as [`MonitorSpec::from_raw`]'s do: `ca_file` for the file, `protocol` for the
+    /// (never expected) failure to set up TLS or the HTTP client.
+    pub fn load(verify: bool, ca_file: Option<&Path>) -> Result<Self, FieldError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS configuration: {e}"))?;
+            .map_err(|e| ("protocol", format!("TLS configuration: {e}")))?;
         let (mut config, digest) = if verify {
             let mut roots = RootCertStore {
                 roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -650,7 +652,8 @@ impl ProbeTls {
             let mut digest = 0;
             if let Some(path) = ca_file {
                 let shown = path.display();
-                let pem = read_ca_file(path).map_err(|e| format!("ca_file {shown}: {e}"))?;
+                let file_err = |e: String| ("ca_file", format!("{shown}: {e}"));
+                let pem = read_ca_file(path).map_err(file_err)?;
                 digest = {
                     use std::hash::{Hash, Hasher};
                     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -662,26 +665,25 @@ impl ProbeTls {
                 // common slip, and "no certificates" alone does not say what was found.
                 let mut others: Vec<&str> = Vec::new();
                 for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(&pem) {
-                    let (kind, der) = section
-                        .map_err(|e| format!("ca_file {shown}: bad PEM: {}", pem_error(&e)))?;
+                    let (kind, der) =
+                        section.map_err(|e| file_err(format!("bad PEM: {}", pem_error(&e))))?;
                     if kind != SectionKind::Certificate {
                         others.push(section_label(kind));
                         continue;
                     }
                     roots
                         .add(CertificateDer::from(der))
-                        .map_err(|e| format!("ca_file {shown}: unusable certificate: {e}"))?;
+                        .map_err(|e| file_err(format!("unusable certificate: {e}")))?;
                     added += 1;
                 }
                 if added == 0 && others.is_empty() {
-                    return Err(format!("ca_file {shown}: no PEM certificates found"));
+                    return Err(file_err("no PEM certificates found".into()));
                 }
                 if added == 0 {
-                    return Err(format!(
-                        "ca_file {shown}: no CERTIFICATE section, only {} (the CA's certificate \
-                         is needed here)",
+                    return Err(file_err(format!(
+                        "no CERTIFICATE section, only {} (the CA's certificate is needed here)",
                         others.join(", ")
-                    ));
+                    )));
                 }
             }
             let config = builder.with_root_certificates(roots).with_no_client_auth();
@@ -712,7 +714,7 @@ impl ProbeTls {
             .tls_info(true)
             .user_agent(concat!("geosteer-probe/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("HTTP client: {}", error_chain(&e)))?;
+            .map_err(|e| ("protocol", format!("HTTP client: {}", error_chain(&e))))?;
         Ok(Self {
             config: Arc::new(config),
             http,
@@ -721,18 +723,11 @@ impl ProbeTls {
     }
 
     /// The settings a monitor asks for: its prepared ones, else built now (hand-made specs).
-    fn of(spec: &MonitorSpec) -> Result<Arc<ClientConfig>, String> {
+    fn of(spec: &MonitorSpec) -> Result<Self, String> {
         match &spec.tls {
-            Some(tls) => Ok(tls.config.clone()),
-            None => Self::load(spec.tls_verify, spec.ca_file.as_deref()).map(|t| t.config),
-        }
-    }
-
-    /// The HTTP(S) client a monitor asks for, likewise.
-    fn http_client_of(spec: &MonitorSpec) -> Result<reqwest::Client, String> {
-        match &spec.tls {
-            Some(tls) => Ok(tls.http.clone()),
-            None => Self::load(spec.tls_verify, spec.ca_file.as_deref()).map(|t| t.http),
+            Some(tls) => Ok(tls.clone()),
+            None => Self::load(spec.tls_verify, spec.ca_file.as_deref())
+                .map_err(|(field, e)| format!("{field}: {e}")),
         }
     }
 }
@@ -789,13 +784,16 @@ impl reqwest::dns::Resolve for PinnedResolver {
 /// is read once however many monitors name it.
 #[derive(Default)]
 pub struct TlsCache {
-    built: HashMap<(bool, Option<PathBuf>), Result<ProbeTls, String>>,
+    built: HashMap<(bool, Option<PathBuf>), Result<ProbeTls, FieldError>>,
 }
+
+/// A monitor field and what is wrong with it (the shape of [`MonitorSpec::from_raw`]'s errors).
+pub type FieldError = (&'static str, String);
 
 impl TlsCache {
     /// The settings for `spec` (http, https and mqtts; `None` for the others). Plain http
     /// gets the default ones, for their HTTP client.
-    pub fn get(&mut self, spec: &MonitorSpec) -> Option<Result<ProbeTls, String>> {
+    pub fn get(&mut self, spec: &MonitorSpec) -> Option<Result<ProbeTls, FieldError>> {
         if !matches!(
             spec.protocol,
             Protocol::Http | Protocol::Https | Protocol::Mqtts

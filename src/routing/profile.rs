@@ -597,11 +597,7 @@ pub fn load_profiles(
                             spec.ca_file = Some(dir.join(ca));
                         }
                         if let Some(tls) = cx.tls.get(&spec) {
-                            let tls = tls.map_err(|e| {
-                                let e = e.strip_prefix("ca_file ").map_or(e.clone(), String::from);
-                                ("ca_file", e)
-                            })?;
-                            spec.tls = Some(tls);
+                            spec.tls = Some(tls?);
                         }
                         Ok(spec)
                     });
