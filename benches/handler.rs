@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use geosteer::config::Config;
 use geosteer::dns::handler::{Handler, Transport};
 use geosteer::health::HealthSnapshot;
-use geosteer::ops::metrics::Metrics;
+use geosteer::metrics::Metrics;
 
 /// A query for `name`/A with EDNS (payload 1232) and, if given, an ECS option for `ecs`/24.
 fn query(id: u16, name: &str, ecs: Option<[u8; 3]>) -> Vec<u8> {

@@ -12,11 +12,11 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::dns::handler::locate_client;
-use crate::dns::wire::{ClientSubnet, QName};
 use crate::health::HealthSnapshot;
 use crate::locate::Location;
 use crate::routing::{Explain, Family, Profile, Selection};
 use crate::state::State;
+use crate::wire::{ClientSubnet, QName};
 
 /// The explanation of one decision.
 #[derive(Debug, Clone, Serialize)]

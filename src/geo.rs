@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, ConfigErrors};
+use crate::base::{ConfigError, ConfigErrors};
 
 /// The bundled catalogue.
 pub const EMBEDDED_REGIONS: &str = include_str!("../geo/regions.toml");

@@ -18,6 +18,7 @@
 //! (parsing, loading, probing) happens elsewhere and publishes whole snapshots.
 
 pub mod app;
+pub mod base;
 pub mod cli;
 pub mod config;
 pub mod dns;
@@ -25,13 +26,9 @@ pub mod explain;
 pub mod geo;
 pub mod health;
 pub mod locate;
+pub mod metrics;
 pub mod ops;
 pub mod routing;
 pub mod state;
+pub mod wire;
 pub mod zone;
-
-/// Hash map for the answer path: FxHash instead of SipHash (SipHash was 2–8 % of a query in
-/// profiles). HashDoS does not apply: these maps are built from operator data (zones, profiles,
-/// endpoints) and only *looked up* with names from the network, so an attacker cannot grow a
-/// collision chain — the longest probe sequence is fixed by the operator's own keys.
-pub type FastMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;

@@ -20,7 +20,7 @@ fn hickory_server_path_matches_the_native_path() {
     let handler = Arc::new(Handler::new(
         Arc::new(ArcSwap::from_pointee(loaded.state)),
         Arc::new(ArcSwap::from_pointee(HealthSnapshot::default())),
-        Arc::new(geosteer::ops::metrics::Metrics::default()),
+        Arc::new(geosteer::metrics::Metrics::default()),
         1232,
     ));
     let (addr, _server) = rt.block_on(async {

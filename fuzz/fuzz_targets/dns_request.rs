@@ -20,9 +20,9 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
-use geosteer::dns::wire::{self, ParseError};
+use geosteer::wire::{self, ParseError};
 use geosteer::dns::{Handler, Transport};
-use geosteer::ops::metrics::Metrics;
+use geosteer::metrics::Metrics;
 use hickory_server::proto::op::{Message, MessageType};
 use hickory_server::proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use libfuzzer_sys::fuzz_target;

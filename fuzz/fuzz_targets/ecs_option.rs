@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use geosteer::dns::wire::parse_ecs;
+use geosteer::wire::parse_ecs;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -8,12 +8,11 @@
 //! The file at the repository root, `geosteer.toml`, is compiled into the binary and used when
 //! no `--config` is given, so a fresh clone runs with `cargo run --release -- serve`.
 
-pub mod de;
-mod error;
-
-pub use error::{ConfigError, ConfigErrors, line_of_offset};
+pub use crate::base::{ConfigError, ConfigErrors, line_of_offset};
 
 use std::net::SocketAddr;
+
+use crate::base::de;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

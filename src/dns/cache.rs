@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::ops::metrics::Counter;
+use crate::base::Counter;
 
 /// Answers kept per worker thread before the cache is emptied.
 pub const MAX_ENTRIES: usize = 4096;
@@ -49,7 +49,7 @@ struct Entry {
 #[derive(Default)]
 struct Cache {
     generation: u64,
-    map: crate::FastMap<Box<[u8]>, Entry>,
+    map: crate::base::FastMap<Box<[u8]>, Entry>,
 }
 
 thread_local! {
@@ -101,7 +101,7 @@ pub fn lookup(
         let Some(e) = c.map.get(key.bytes()) else {
             return false;
         };
-        let end = super::wire::HEADER_LEN + question.len();
+        let end = crate::wire::HEADER_LEN + question.len();
         if e.question_len != question.len() || e.bytes.len() < end {
             return false;
         }
@@ -110,7 +110,7 @@ pub fn lookup(
         out[..2].copy_from_slice(&id.to_be_bytes());
         out[2] = (out[2] & !0x01) | u8::from(rd);
         out[3] = (out[3] & !0x10) | (u8::from(cd) << 4);
-        out[super::wire::HEADER_LEN..end].copy_from_slice(question);
+        out[crate::wire::HEADER_LEN..end].copy_from_slice(question);
         e.zone_queries.inc();
         true
     })

@@ -11,11 +11,11 @@ use arc_swap::ArcSwap;
 use hickory_server::proto::rr::rdata::HINFO;
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 
-use super::wire::{self, OptOut, ParseError, Query, ResponseHeader, Rr, Sections, opcode, rcode};
 use crate::health::HealthSnapshot;
-use crate::ops::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::routing::{Client, Family};
 use crate::state::State;
+use crate::wire::{self, OptOut, ParseError, Query, ResponseHeader, Rr, Sections, opcode, rcode};
 use crate::zone::{Lookup, Zone};
 
 /// Transport a query arrived on; decides the size limit.
@@ -221,7 +221,7 @@ impl Handler {
         src: SocketAddr,
         transport: Transport,
         out: &mut Vec<u8>,
-        reusable: &mut Option<std::sync::Arc<crate::ops::metrics::Counter>>,
+        reusable: &mut Option<std::sync::Arc<crate::base::Counter>>,
     ) -> bool {
         let mut h = ResponseHeader {
             id: q.id,

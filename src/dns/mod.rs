@@ -10,6 +10,5 @@ pub mod handler;
 pub mod hickory;
 pub mod rrl;
 pub mod server;
-pub mod wire;
 
 pub use handler::{Handler, Transport};

@@ -33,9 +33,9 @@ pub struct RawCapacity {
     capacity: f64,
     high_water: Option<f64>,
     hard_limit: Option<f64>,
-    #[serde(default, with = "crate::config::de::opt_duration")]
+    #[serde(default, with = "crate::base::de::opt_duration")]
     interval: Option<Duration>,
-    #[serde(default, with = "crate::config::de::opt_duration")]
+    #[serde(default, with = "crate::base::de::opt_duration")]
     timeout: Option<Duration>,
 }
 

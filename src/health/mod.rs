@@ -173,7 +173,7 @@ pub struct EndpointStatus {
 /// Health of every endpoint, immutable once published.
 #[derive(Debug, Clone, Default)]
 pub struct HealthSnapshot {
-    by_key: crate::FastMap<Arc<str>, EndpointHealth>,
+    by_key: crate::base::FastMap<Arc<str>, EndpointHealth>,
     /// Operator-facing details per endpoint.
     pub details: HashMap<Arc<str>, EndpointStatus>,
     /// Every probed endpoint has had at least one probe result.

@@ -58,13 +58,13 @@ pub struct RawMonitor {
     client_id_prefix: Option<String>,
     username: Option<String>,
     password: Option<String>,
-    #[serde(default, with = "crate::config::de::opt_duration")]
+    #[serde(default, with = "crate::base::de::opt_duration")]
     interval: Option<Duration>,
-    #[serde(default, with = "crate::config::de::opt_duration")]
+    #[serde(default, with = "crate::base::de::opt_duration")]
     timeout: Option<Duration>,
     tolerated_failures: Option<u32>,
     recovery: Option<u32>,
-    #[serde(default, with = "crate::config::de::opt_duration")]
+    #[serde(default, with = "crate::base::de::opt_duration")]
     jitter: Option<Duration>,
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use maxminddb::{Mmap, Reader};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, ConfigErrors};
+use crate::base::{ConfigError, ConfigErrors};
 use crate::geo::GeoPoint;
 
 /// A two- or three-letter code (country, continent, subdivision) stored inline.

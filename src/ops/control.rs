@@ -13,12 +13,12 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use super::drill::{self, DrillRecord, DrillRequest, DrillStatus, SampleResult};
-use super::metrics::Metrics;
 use super::store::Persisted;
 use crate::config::Config;
 use crate::dns::Handler;
 use crate::health::prober::Prober;
 use crate::health::{Force, ForceAction, ForceEntry, ForceTarget, HealthSnapshot};
+use crate::metrics::Metrics;
 use crate::state::State;
 
 /// How long a drill waits for answers to move (or come back) before reporting failure.

@@ -7,6 +7,6 @@
 pub mod api;
 pub mod control;
 pub mod drill;
-pub mod metrics;
+
 pub mod reload;
 pub mod store;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, ConfigErrors};
+use crate::base::{ConfigError, ConfigErrors};
 use crate::health::ForceEntry;
 
 use super::drill::DrillRecord;

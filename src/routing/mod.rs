@@ -26,10 +26,10 @@ use hickory_server::proto::rr::{Name, Record};
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::base::Counter;
 use crate::geo::GeoPoint;
 use crate::health::{HealthSnapshot, MonitorState};
 use crate::locate::{Code, Location};
-use crate::ops::metrics::Counter;
 use model::{Estimate, Model};
 
 /// Traffic Manager's routing methods.
@@ -357,7 +357,7 @@ pub struct Explain {
 pub struct RoutingTable {
     /// Profiles; nested references are indices into this.
     pub profiles: Vec<Profile>,
-    by_owner: crate::FastMap<Box<[u8]>, usize>,
+    by_owner: crate::base::FastMap<Box<[u8]>, usize>,
     /// The latency model.
     pub model: Model,
     /// Operator-measured RTTs.

@@ -16,13 +16,14 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Endpoint, GeoCode, MAX_DEPTH, Method, Profile, Stability, Target};
-use crate::config::{ConfigError, ConfigErrors, line_of_offset};
+use crate::base::{ConfigError, ConfigErrors, line_of_offset};
 use crate::geo::{Catalogue, GeoPoint};
 use crate::health::load::{CapacitySpec, RawCapacity};
 use crate::health::monitor::{MonitorSpec, Protocol, RawMonitor};
 use crate::health::probe::TlsCache;
 use crate::locate::Code;
-use crate::zone::{Zone, wire_is_subdomain, wire_lower};
+use crate::wire::{wire_is_subdomain, wire_lower};
+use crate::zone::Zone;
 
 /// Default answer TTL: short enough that a failover reaches resolvers within half a minute.
 const DEFAULT_TTL: u32 = 30;
@@ -59,9 +60,9 @@ struct RawProfile {
 struct RawStability {
     margin_ms: Option<f64>,
     margin_pct: Option<f64>,
-    #[serde(default, with = "crate::config::de::opt_duration")]
+    #[serde(default, with = "crate::base::de::opt_duration")]
     hold: Option<std::time::Duration>,
-    #[serde(default, with = "crate::config::de::opt_duration")]
+    #[serde(default, with = "crate::base::de::opt_duration")]
     ramp: Option<std::time::Duration>,
 }
 

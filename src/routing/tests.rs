@@ -17,7 +17,8 @@ use crate::config::ConfigErrors;
 use crate::geo::{Catalogue, GeoPoint};
 use crate::health::{EndpointHealth, HealthSnapshot, MonitorState};
 use crate::locate::{Code, Location};
-use crate::zone::{Zone, load_zone_text, wire_lower};
+use crate::wire::wire_lower;
+use crate::zone::{Zone, load_zone_text};
 
 // ---------------------------------------------------------------------------------------------
 // Building tables and clients

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordSet, RecordType, RrKey};
 use hickory_server::proto::serialize::txt::Parser;
 
-use super::{Node, RrSet, Zone, wire_is_subdomain, wire_lower};
-use crate::config::{ConfigError, ConfigErrors};
+use super::{Node, RrSet, Zone};
+use crate::base::{ConfigError, ConfigErrors};
+use crate::wire::{wire_is_subdomain, wire_lower};
 
 /// Zone files are the `*.zone` files of the directory; other files (profiles, READMEs) are
 /// left to their own loaders.
@@ -265,7 +266,7 @@ fn build_zone(
         ConfigError::new(path, owner_line(text, name, &origin), field, msg)
     };
 
-    let mut nodes: crate::FastMap<Box<[u8]>, Node> = Default::default();
+    let mut nodes: crate::base::FastMap<Box<[u8]>, Node> = Default::default();
     let mut soa = None;
     for (key, set) in &sets {
         let name = set.name();
@@ -435,7 +436,7 @@ fn build_zone(
     let mut negative_soa = soa.clone();
     negative_soa.ttl = negative_ttl;
     let has_cuts = nodes.values().any(|n| n.cut);
-    let negative_soa_wire = crate::dns::wire::ApexRr::soa(&negative_soa, &origin_wire);
+    let negative_soa_wire = crate::wire::ApexRr::soa(&negative_soa, &origin_wire);
     Ok(Zone {
         negative_soa_wire,
         origin_labels: usize::from(origin.num_labels()),

@@ -15,7 +15,7 @@ pub use load::{load_dir, load_zone_text};
 
 use std::path::PathBuf;
 
-use crate::dns::wire::QName;
+use crate::wire::{QName, wire_is_subdomain};
 use hickory_server::proto::rr::{Name, Record, RecordType};
 
 /// One RRset as served, with everything an answer needs precomputed.
@@ -61,15 +61,15 @@ pub struct Zone {
     /// The SOA as it appears in negative answers: TTL = min(SOA TTL, SOA MINIMUM), RFC 2308 §5.
     pub negative_soa: Record,
     /// `negative_soa` pre-encoded against the apex in the question (no per-query compression).
-    pub negative_soa_wire: Option<crate::dns::wire::ApexRr>,
+    pub negative_soa_wire: Option<crate::wire::ApexRr>,
     /// Names by lower-cased wire form, including empty non-terminals.
-    pub nodes: crate::FastMap<Box<[u8]>, Node>,
+    pub nodes: crate::base::FastMap<Box<[u8]>, Node>,
     /// Whether any node is a zone cut (skips the ancestor walk for the common case).
     pub has_cuts: bool,
     /// File it came from.
     pub file: PathBuf,
     /// Queries answered from this zone since it was loaded.
-    pub queries: std::sync::Arc<crate::ops::metrics::Counter>,
+    pub queries: std::sync::Arc<crate::base::Counter>,
 }
 
 /// The RRsets of an answer or CNAME chain, inline up to four (no allocation per query).
@@ -201,35 +201,10 @@ impl Zone {
     }
 }
 
-/// Whether wire name `name` equals or is below wire name `apex` (both lower-cased).
-pub fn wire_is_subdomain(name: &[u8], apex: &[u8]) -> bool {
-    if name.len() < apex.len() || !name.ends_with(apex) {
-        return false;
-    }
-    // The match must start at a label boundary.
-    let start = name.len() - apex.len();
-    let mut off = 0;
-    while off < start {
-        off += 1 + name[off] as usize;
-    }
-    off == start
-}
-
-/// Lower-cased wire form of a name (the key format of [`Zone::nodes`]).
-pub fn wire_lower(name: &Name) -> Box<[u8]> {
-    let mut out = Vec::with_capacity(name.len() + 1);
-    for label in name.iter() {
-        out.push(label.len() as u8);
-        out.extend(label.iter().map(u8::to_ascii_lowercase));
-    }
-    out.push(0);
-    out.into_boxed_slice()
-}
-
 /// All loaded zones, found by the longest matching apex.
 #[derive(Debug, Clone, Default)]
 pub struct ZoneSet {
-    zones: crate::FastMap<Box<[u8]>, Zone>,
+    zones: crate::base::FastMap<Box<[u8]>, Zone>,
 }
 
 impl ZoneSet {
@@ -268,6 +243,7 @@ impl ZoneSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::wire_lower;
 
     #[test]
     fn subdomain_respects_label_boundaries() {

@@ -6,33 +6,11 @@
 //! counters and the latency histogram live in [`Metrics`].
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
+use crate::base::Counter;
 use crate::health::{HealthSnapshot, MonitorState};
 use crate::state::State;
-
-/// A monotonically increasing counter that can sit inside `Clone` config types (a clone copies
-/// the current value).
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-impl Clone for Counter {
-    fn clone(&self) -> Self {
-        Self(AtomicU64::new(self.get()))
-    }
-}
 
 /// Answer-latency histogram bucket bounds, µs. Static answers take a few µs; the top buckets
 /// catch scheduling stalls.

@@ -480,7 +480,7 @@ impl ApexRr {
         let RData::SOA(soa) = &record.data else {
             return None;
         };
-        if lower_wire(&record.name) != apex {
+        if *wire_lower(&record.name) != *apex {
             return None;
         }
         let mut b = Vec::with_capacity(64);
@@ -497,10 +497,10 @@ impl ApexRr {
         for name in [&soa.mname, &soa.rname] {
             // Labels above the apex as written, then a pointer to the apex; a name outside the
             // zone is written in full.
-            let lower = lower_wire(name);
+            let lower = wire_lower(name);
             let inside = lower.len() >= apex.len()
                 && lower.ends_with(apex)
-                && crate::zone::wire_is_subdomain(&lower, apex);
+                && wire_is_subdomain(&lower, apex);
             let own_labels =
                 name.num_labels() as usize - if inside { apex_labels(apex) } else { 0 };
             for label in name.iter().take(own_labels) {
@@ -559,15 +559,29 @@ impl ApexRr {
     }
 }
 
-/// Lower-cased wire form of a name.
-fn lower_wire(name: &hickory_server::proto::rr::Name) -> Vec<u8> {
+/// Whether wire name `name` equals or is below wire name `apex` (both lower-cased).
+pub fn wire_is_subdomain(name: &[u8], apex: &[u8]) -> bool {
+    if name.len() < apex.len() || !name.ends_with(apex) {
+        return false;
+    }
+    // The match must start at a label boundary.
+    let start = name.len() - apex.len();
+    let mut off = 0;
+    while off < start {
+        off += 1 + name[off] as usize;
+    }
+    off == start
+}
+
+/// Lower-cased wire form of a name (the key format of [`Zone::nodes`]).
+pub fn wire_lower(name: &hickory_server::proto::rr::Name) -> Box<[u8]> {
     let mut out = Vec::with_capacity(name.len() + 1);
     for label in name.iter() {
         out.push(label.len() as u8);
         out.extend(label.iter().map(u8::to_ascii_lowercase));
     }
     out.push(0);
-    out
+    out.into_boxed_slice()
 }
 
 /// Labels of a wire name (the root's empty label not counted).
@@ -818,7 +832,7 @@ mod tests {
         use hickory_server::proto::rr::rdata::SOA;
         use hickory_server::proto::rr::{Name, RData};
         let apex = Name::from_ascii("Example.TEST.").unwrap();
-        let apex_wire = lower_wire(&apex);
+        let apex_wire = wire_lower(&apex);
         let soas = [
             ("ns1.example.test.", "hostmaster.example.test."),
             ("example.test.", "a.b.c.example.test."),

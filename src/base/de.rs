@@ -4,11 +4,11 @@
 //! The standard ones say "invalid socket address syntax" or "expected a duration": true, but the
 //! operator still has to find which of several addresses in a list is bad and why. These quote
 //! the value (`"127.0.0.1:70000"`), name the problem (`port 70000 is above 65535`) and show the
-//! accepted form. `toml` attaches the value's span, so [`super::ConfigError::from_toml`] still
+//! accepted form. `toml` attaches the value's span, so [`super::diag::ConfigError::from_toml`] still
 //! points at the exact line.
 //!
-//! Use as `#[serde(with = "crate::config::de::duration")]` (or `opt_duration` for
-//! `Option<Duration>` fields with `#[serde(default)]`) and `crate::config::de::socket_addrs`.
+//! Use as `#[serde(with = "crate::base::de::duration")]` (or `opt_duration` for
+//! `Option<Duration>` fields with `#[serde(default)]`) and `crate::base::de::socket_addrs`.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
