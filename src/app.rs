@@ -225,7 +225,7 @@ pub fn serve(loaded: Loaded) -> anyhow::Result<()> {
         };
         // Probing starts before serving; answers never wait for it (unprobed = CheckingEndpoint,
         // which is served).
-        let prober = crate::health::prober::spawn(
+        let prober = crate::probing::prober::spawn(
             &state.load().routing,
             persisted.forced.clone(),
             health.clone(),

@@ -28,6 +28,7 @@ pub mod health;
 pub mod locate;
 pub mod metrics;
 pub mod ops;
+pub mod probing;
 pub mod routing;
 pub mod state;
 pub mod wire;

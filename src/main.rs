@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use std::net::IpAddr;
 
 use geosteer::config::LogFormat;
-use geosteer::health::prober;
+use geosteer::probing::prober;
 use geosteer::routing::Family;
 use geosteer::{app, cli, explain};
 use ipnet::IpNet;

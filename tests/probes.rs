@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use geosteer::health::monitor::{MonitorSpec, RawMonitor};
-use geosteer::health::probe::{Probe, ProbeOutcome, ProbeTls};
+use geosteer::health::tls::TlsSettings;
+use geosteer::probing::probe::{Probe, ProbeOutcome, TlsRegistry};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
@@ -26,7 +27,8 @@ fn spec(text: &str) -> MonitorSpec {
 }
 
 fn probe(text: &str, target: SocketAddr) -> Probe {
-    Probe::new(&spec(text), target).unwrap_or_else(|e| panic!("{text}: {e}"))
+    Probe::new(&spec(text), &mut TlsRegistry::default(), target)
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
 }
 
 /// Runs a probe and checks it kept to its timeout.
@@ -121,7 +123,12 @@ async fn tcp_full_backlog_times_out() {
 
 #[test]
 fn protocol_none_is_not_probed() {
-    let err = Probe::new(&spec("protocol = \"none\""), "127.0.0.1:1".parse().unwrap()).unwrap_err();
+    let err = Probe::new(
+        &spec("protocol = \"none\""),
+        &mut TlsRegistry::default(),
+        "127.0.0.1:1".parse().unwrap(),
+    )
+    .unwrap_err();
     assert_eq!(err, "protocol none is not probed");
 }
 
@@ -429,9 +436,10 @@ async fn https_probes_never_resume_a_session() {
         toml_path(&f.ca_file)
     );
     let mut spec = spec(&text);
-    spec.tls = Some(ProbeTls::load(true, Some(&f.ca_file)).unwrap());
-    let first = Probe::new(&spec, f.addr).unwrap();
-    let second = Probe::new(&spec, f.addr).unwrap();
+    let mut tls = TlsRegistry::default();
+    spec.tls = Some(TlsSettings::load(true, Some(&f.ca_file)).unwrap());
+    let first = Probe::new(&spec, &mut tls, f.addr).unwrap();
+    let second = Probe::new(&spec, &mut tls, f.addr).unwrap();
     for p in [&first, &first, &second, &first, &second] {
         let out = run(p, Duration::from_secs(1)).await;
         assert!(out.ok, "{out:?}");
@@ -526,7 +534,7 @@ fn bad_ca_files_are_named() {
     std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap();
     for (protocol, file) in [("https", &missing), ("https", &garbage), ("mqtts", &broken)] {
         let text = format!("protocol = \"{protocol}\"\nca_file = {}", toml_path(file));
-        let err = Probe::new(&spec(&text), target).unwrap_err();
+        let err = Probe::new(&spec(&text), &mut TlsRegistry::default(), target).unwrap_err();
         assert!(err.contains(&file.display().to_string()), "{err}");
     }
 }
@@ -551,10 +559,11 @@ async fn http_probes_sharing_a_client_reach_their_own_address() {
     let (addr_b, log_b) = serve_http_on(b, None);
     let text = format!("protocol = \"http\"\npath = \"/ok\"\nheaders = {{ Host = \"{NAME}\" }}");
     let mut spec = spec(&text);
-    spec.tls = Some(ProbeTls::load(true, None).unwrap());
+    let mut tls = TlsRegistry::default();
+    spec.tls = Some(TlsSettings::load(true, None).unwrap());
     let (probe_a, probe_b) = (
-        Probe::new(&spec, addr_a).unwrap(),
-        Probe::new(&spec, addr_b).unwrap(),
+        Probe::new(&spec, &mut tls, addr_a).unwrap(),
+        Probe::new(&spec, &mut tls, addr_b).unwrap(),
     );
     for round in 0..10 {
         let (x, y) = tokio::join!(probe_a.run(), probe_b.run());
@@ -908,10 +917,11 @@ async fn mqtts_probes_never_resume_a_session() {
         toml_path(&ca_file)
     );
     let mut spec = spec(&text);
-    spec.tls = Some(ProbeTls::load(true, Some(&ca_file)).unwrap());
+    let mut tls = TlsRegistry::default();
+    spec.tls = Some(TlsSettings::load(true, Some(&ca_file)).unwrap());
     let (first, second) = (
-        Probe::new(&spec, addr).unwrap(),
-        Probe::new(&spec, addr).unwrap(),
+        Probe::new(&spec, &mut tls, addr).unwrap(),
+        Probe::new(&spec, &mut tls, addr).unwrap(),
     );
     for p in [&first, &first, &second, &first] {
         let out = run(p, Duration::from_secs(1)).await;

@@ -40,7 +40,7 @@ fn fixture() -> &'static Fixture {
         let loaded = geosteer::app::load(Some(&config))
             .unwrap_or_else(|e| panic!("fixture {}: {e}", config.display()));
         // As `serve` starts: monitored endpoints CheckingEndpoint, the others Unmonitored.
-        let health = geosteer::health::prober::initial_snapshot(&loaded.state.routing);
+        let health = geosteer::probing::prober::initial_snapshot(&loaded.state.routing);
         let edns_payload = loaded.config.edns_udp_payload;
         let handler = Handler::new(
             Arc::new(ArcSwap::from_pointee(loaded.state)),

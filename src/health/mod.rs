@@ -7,9 +7,8 @@
 
 pub mod load;
 pub mod monitor;
-pub mod probe;
-pub mod prober;
 pub mod state;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -138,11 +138,10 @@ pub struct MonitorSpec {
     pub tolerated_failures: u32,
     /// Consecutive successes needed to come back from Degraded (anti-flap).
     pub recovery: u32,
-    /// TLS settings and HTTP client (http, https, mqtts), prepared by the loader from
-    /// `tls_verify` and `ca_file` and shared by every endpoint with the same ones; `None` from
-    /// [`Self::from_raw`].
+    /// TLS settings (http, https, mqtts) as loaded from `tls_verify` and `ca_file` (the CA
+    /// file read and checked); `None` from [`Self::from_raw`] until the loader fills it in.
     #[serde(skip)]
-    pub tls: Option<super::probe::ProbeTls>,
+    pub tls: Option<super::tls::TlsSettings>,
     /// Random extra delay before each scheduled probe (spreads probes of many endpoints).
     pub jitter: Duration,
 }

@@ -16,9 +16,9 @@ use super::drill::{self, DrillRecord, DrillRequest, DrillStatus, SampleResult};
 use super::store::Persisted;
 use crate::config::Config;
 use crate::dns::Handler;
-use crate::health::prober::Prober;
 use crate::health::{Force, ForceAction, ForceEntry, ForceTarget, HealthSnapshot};
 use crate::metrics::Metrics;
+use crate::probing::prober::Prober;
 use crate::state::State;
 
 /// How long a drill waits for answers to move (or come back) before reporting failure.

@@ -20,7 +20,7 @@ use crate::base::{ConfigError, ConfigErrors, line_of_offset};
 use crate::geo::{Catalogue, GeoPoint};
 use crate::health::load::{CapacitySpec, RawCapacity};
 use crate::health::monitor::{MonitorSpec, Protocol, RawMonitor};
-use crate::health::probe::TlsCache;
+use crate::health::tls::TlsCache;
 use crate::locate::Code;
 use crate::wire::{wire_is_subdomain, wire_lower};
 use crate::zone::Zone;

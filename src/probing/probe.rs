@@ -22,20 +22,21 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::pem::{PemObject, SectionKind};
+
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::monitor::{MonitorSpec, MqttVersion, Protocol};
+use crate::health::monitor::{MonitorSpec, MqttVersion, Protocol};
+use crate::health::tls::{FieldError, TlsSettings};
 
 /// The result of one probe.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,14 +105,39 @@ const KEEPALIVE_SECS: u16 = 10;
 impl Probe {
     /// Prepares a probe of `target` (the endpoint's address and the monitor's port).
     ///
-    /// Uses the monitor's prepared TLS settings (`MonitorSpec::tls`, set by the loader). A
-    /// hand-made spec without them has them built here, which reads `ca_file` (blocking).
-    pub fn new(spec: &MonitorSpec, target: SocketAddr) -> Result<Self, String> {
+    /// TLS clients (http, https, mqtts) come from `tls`, shared with every other probe that has
+    /// the same settings. A hand-made spec without loaded settings has them loaded there, which
+    /// reads `ca_file` (blocking; tests only).
+    pub fn new(
+        spec: &MonitorSpec,
+        tls: &mut TlsRegistry,
+        target: SocketAddr,
+    ) -> Result<Self, String> {
+        let clients = match spec.protocol {
+            Protocol::Http | Protocol::Https | Protocol::Mqtts => Some(tls.of(spec)?),
+            _ => None,
+        };
+        Self::prepared(spec, clients.as_ref(), target)
+    }
+
+    /// Prepares a probe with the TLS clients already chosen by the prober (no I/O).
+    pub fn prepared(
+        spec: &MonitorSpec,
+        tls: Option<&ProbeTls>,
+        target: SocketAddr,
+    ) -> Result<Self, String> {
+        let tls = |what: &str| {
+            tls.cloned()
+                .ok_or_else(|| format!("no TLS client for {what}"))
+        };
         let kind = match spec.protocol {
             Protocol::None => return Err("protocol none is not probed".into()),
             Protocol::Tcp => Kind::Tcp,
-            Protocol::Http | Protocol::Https => Kind::Http(HttpProbe::new(spec, target)?),
-            Protocol::Mqtt | Protocol::Mqtts => Kind::Mqtt(MqttProbe::new(spec, target)?),
+            Protocol::Http | Protocol::Https => {
+                Kind::Http(HttpProbe::new(spec, tls("http")?, target)?)
+            }
+            Protocol::Mqtt => Kind::Mqtt(MqttProbe::new(spec, None, target)?),
+            Protocol::Mqtts => Kind::Mqtt(MqttProbe::new(spec, Some(tls("mqtts")?), target)?),
         };
         Ok(Self {
             timeout: spec.timeout,
@@ -204,7 +230,7 @@ async fn tcp_probe(
 }
 
 impl HttpProbe {
-    fn new(spec: &MonitorSpec, target: SocketAddr) -> Result<Self, String> {
+    fn new(spec: &MonitorSpec, tls: ProbeTls, target: SocketAddr) -> Result<Self, String> {
         let https = spec.protocol == Protocol::Https;
         let host_header = spec
             .headers
@@ -247,7 +273,7 @@ impl HttpProbe {
             other => return Err(format!("method {other} is not GET or HEAD")),
         };
 
-        let client = ProbeTls::of(spec)?.http;
+        let client = tls.http;
         Ok(Self {
             client,
             target,
@@ -310,8 +336,8 @@ impl HttpProbe {
 }
 
 impl MqttProbe {
-    fn new(spec: &MonitorSpec, target: SocketAddr) -> Result<Self, String> {
-        let tls = if spec.protocol == Protocol::Mqtts {
+    fn new(spec: &MonitorSpec, tls: Option<ProbeTls>, target: SocketAddr) -> Result<Self, String> {
+        let tls = if let Some(tls) = tls {
             let name = [spec.sni.clone(), spec.host.clone()]
                 .into_iter()
                 .flatten()
@@ -319,7 +345,7 @@ impl MqttProbe {
                 .unwrap_or_else(|| target.ip().to_string());
             let server_name = ServerName::try_from(name.clone())
                 .map_err(|e| format!("TLS server name {name:?}: {e}"))?;
-            Some((ProbeTls::of(spec)?.config, server_name))
+            Some((tls.config, server_name))
         } else {
             None
         };
@@ -631,72 +657,37 @@ pub struct ProbeTls {
     config: Arc<ClientConfig>,
     /// The HTTP(S) client of every endpoint with these settings (see [`PinnedResolver`]).
     http: reqwest::Client,
-    /// What built it: `tls_verify`, `ca_file` and a digest of the file's contents. Compared on
-    /// reload, so an edited `ca_file` restarts the probes that use it.
-    source: (bool, Option<PathBuf>, u64),
+    /// What built it.
+    settings: TlsSettings,
 }
 
 impl ProbeTls {
-    /// Builds the settings (reads `ca_file`: blocking file I/O). Errors name the monitor field
-    /// at fault, as [`MonitorSpec::from_raw`]'s do: `ca_file` for the file, `protocol` for the
-    /// (never expected) failure to set up TLS or the HTTP client.
-    pub fn load(verify: bool, ca_file: Option<&Path>) -> Result<Self, FieldError> {
+    /// Builds the clients for validated settings (no I/O: the certificates were read by the
+    /// loader). Errors name the monitor field at fault, as [`MonitorSpec::from_raw`]'s do
+    /// (`protocol` for the never expected failure to set up TLS or the HTTP client).
+    pub fn build(settings: &TlsSettings) -> Result<Self, FieldError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| ("protocol", format!("TLS configuration: {e}")))?;
-        let (mut config, digest) = if verify {
+        let mut config = if settings.verify {
             let mut roots = RootCertStore {
                 roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
             };
-            let mut digest = 0;
-            if let Some(path) = ca_file {
-                let shown = path.display();
-                let file_err = |e: String| ("ca_file", format!("{shown}: {e}"));
-                let pem = read_ca_file(path).map_err(file_err)?;
-                digest = {
-                    use std::hash::{Hash, Hasher};
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    pem.hash(&mut h);
-                    h.finish()
-                };
-                let mut added = 0;
-                // Other sections are named in the error: a key or CSR given by mistake is a
-                // common slip, and "no certificates" alone does not say what was found.
-                let mut others: Vec<&str> = Vec::new();
-                for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(&pem) {
-                    let (kind, der) =
-                        section.map_err(|e| file_err(format!("bad PEM: {}", pem_error(&e))))?;
-                    if kind != SectionKind::Certificate {
-                        others.push(section_label(kind));
-                        continue;
-                    }
-                    roots
-                        .add(CertificateDer::from(der))
-                        .map_err(|e| file_err(format!("unusable certificate: {e}")))?;
-                    added += 1;
-                }
-                if added == 0 && others.is_empty() {
-                    return Err(file_err("no PEM certificates found".into()));
-                }
-                if added == 0 {
-                    return Err(file_err(format!(
-                        "no CERTIFICATE section, only {} (the CA's certificate is needed here)",
-                        others.join(", ")
-                    )));
-                }
+            for der in settings.extra_roots.iter() {
+                roots
+                    .add(der.clone())
+                    .map_err(|e| ("ca_file", format!("unusable certificate: {e}")))?;
             }
-            let config = builder.with_root_certificates(roots).with_no_client_auth();
-            (config, digest)
+            builder.with_root_certificates(roots).with_no_client_auth()
         } else {
             let verifier = AcceptAnyCertificate {
                 algorithms: provider.signature_verification_algorithms,
             };
-            let config = builder
+            builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_no_client_auth();
-            (config, 0)
+                .with_no_client_auth()
         };
         config.resumption = rustls::client::Resumption::disabled();
         let mut http_tls = config.clone();
@@ -718,31 +709,54 @@ impl ProbeTls {
         Ok(Self {
             config: Arc::new(config),
             http,
-            source: (verify, ca_file.map(Path::to_path_buf), digest),
+            settings: settings.clone(),
         })
     }
+}
 
-    /// The settings a monitor asks for: its prepared ones, else built now (hand-made specs).
-    fn of(spec: &MonitorSpec) -> Result<Self, String> {
-        match &spec.tls {
-            Some(tls) => Ok(tls.clone()),
-            None => Self::load(spec.tls_verify, spec.ca_file.as_deref())
-                .map_err(|(field, e)| format!("{field}: {e}")),
+/// The prober's TLS clients, one per distinct [`TlsSettings`]: every endpoint of a monitor (and
+/// every monitor with the same settings) shares one root store, verifier and HTTP client —
+/// about 10,000 endpoints would otherwise hold 10,000 copies of the public roots. Kept across
+/// reloads; settings no longer used are dropped when the plan changes.
+#[derive(Default)]
+pub struct TlsRegistry {
+    built: HashMap<TlsSettings, ProbeTls>,
+}
+
+impl TlsRegistry {
+    /// The clients for a monitor: its loaded settings, else (a hand-made spec) loaded now,
+    /// which reads `ca_file` (blocking; tests only).
+    pub fn of(&mut self, spec: &MonitorSpec) -> Result<ProbeTls, String> {
+        let settings = match &spec.tls {
+            Some(s) => s.clone(),
+            None => TlsSettings::load(spec.tls_verify, spec.ca_file.as_deref())
+                .map_err(|(field, e)| format!("{field}: {e}"))?,
+        };
+        if let Some(t) = self.built.get(&settings) {
+            return Ok(t.clone());
         }
+        let t = ProbeTls::build(&settings).map_err(|(field, e)| format!("{field}: {e}"))?;
+        self.built.insert(settings, t.clone());
+        Ok(t)
+    }
+
+    /// Drops the clients of settings no monitor uses any more.
+    pub fn retain(&mut self, used: &std::collections::HashSet<&TlsSettings>) {
+        self.built.retain(|k, _| used.contains(k));
     }
 }
 
 impl PartialEq for ProbeTls {
     fn eq(&self, other: &Self) -> bool {
-        self.source == other.source
+        self.settings == other.settings
     }
 }
 
 impl std::fmt::Debug for ProbeTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProbeTls")
-            .field("verify", &self.source.0)
-            .field("ca_file", &self.source.1)
+            .field("verify", &self.settings.verify)
+            .field("ca_file", &self.settings.ca_file)
             .finish_non_exhaustive()
     }
 }
@@ -780,92 +794,10 @@ impl reqwest::dns::Resolve for PinnedResolver {
     }
 }
 
-/// [`ProbeTls`] per distinct (`tls_verify`, `ca_file`) of one configuration load, so each file
-/// is read once however many monitors name it.
-#[derive(Default)]
-pub struct TlsCache {
-    built: HashMap<(bool, Option<PathBuf>), Result<ProbeTls, FieldError>>,
-}
-
-/// A monitor field and what is wrong with it (the shape of [`MonitorSpec::from_raw`]'s errors).
-pub type FieldError = (&'static str, String);
-
-impl TlsCache {
-    /// The settings for `spec` (http, https and mqtts; `None` for the others). Plain http
-    /// gets the default ones, for their HTTP client.
-    pub fn get(&mut self, spec: &MonitorSpec) -> Option<Result<ProbeTls, FieldError>> {
-        if !matches!(
-            spec.protocol,
-            Protocol::Http | Protocol::Https | Protocol::Mqtts
-        ) {
-            return None;
-        }
-        let key = (spec.tls_verify, spec.ca_file.clone());
-        let built = self
-            .built
-            .entry(key)
-            .or_insert_with(|| ProbeTls::load(spec.tls_verify, spec.ca_file.as_deref()));
-        Some(built.clone())
-    }
-}
-
 /// Unix time of a DER certificate's notAfter (`None` if it does not parse).
 fn not_after(der: &[u8]) -> Option<i64> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     Some(cert.validity().not_after.timestamp())
-}
-
-/// Largest `ca_file` read (a bundle of every public root is ≈ 250 KiB).
-const MAX_CA_FILE: u64 = 8 << 20;
-
-/// Reads a CA file: a regular file of at most [`MAX_CA_FILE`] bytes. `/dev/zero` or a FIFO
-/// would otherwise hang the load (and every reload) or exhaust memory.
-fn read_ca_file(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    let mut pem = Vec::new();
-    file.take(MAX_CA_FILE + 1)
-        .read_to_end(&mut pem)
-        .map_err(|e| e.to_string())?;
-    if pem.len() as u64 > MAX_CA_FILE {
-        return Err(format!(
-            "larger than {} MiB: not a CA file",
-            MAX_CA_FILE >> 20
-        ));
-    }
-    Ok(pem)
-}
-
-/// The PEM label of a section kind.
-fn section_label(kind: SectionKind) -> &'static str {
-    match kind {
-        SectionKind::Certificate => "CERTIFICATE",
-        SectionKind::PublicKey => "PUBLIC KEY",
-        SectionKind::RsaPrivateKey => "RSA PRIVATE KEY",
-        SectionKind::PrivateKey => "PRIVATE KEY",
-        SectionKind::EcPrivateKey => "EC PRIVATE KEY",
-        SectionKind::Crl => "X509 CRL",
-        SectionKind::Csr => "CERTIFICATE REQUEST",
-        _ => "another kind of section",
-    }
-}
-
-/// A PEM error with its marker lines as text (their `Display` shows bytes).
-fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
-    use rustls::pki_types::pem::Error;
-    match e {
-        Error::MissingSectionEnd { end_marker } => {
-            format!("missing {}", String::from_utf8_lossy(end_marker))
-        }
-        Error::IllegalSectionStart { line } => {
-            format!("bad section start {:?}", String::from_utf8_lossy(line))
-        }
-        other => other.to_string(),
-    }
 }
 
 /// `tls_verify = false`: any certificate chain and name, but the handshake signatures are still
@@ -913,9 +845,10 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::tls::TlsCache;
 
     fn spec(text: &str) -> MonitorSpec {
-        let raw: super::super::monitor::RawMonitor = toml::from_str(text).unwrap();
+        let raw: crate::health::monitor::RawMonitor = toml::from_str(text).unwrap();
         MonitorSpec::from_raw(&raw).unwrap()
     }
 
@@ -932,7 +865,12 @@ mod tests {
         std::fs::write(&ca, self_signed("a.example")).unwrap();
         let with_ca = format!("ca_file = {:?}", ca.display().to_string());
         let mut cache = TlsCache::default();
-        let mut get = |text: &str| cache.get(&spec(text)).map(Result::unwrap);
+        let mut registry = TlsRegistry::default();
+        let mut get = |text: &str| {
+            let mut s = spec(text);
+            s.tls = Some(cache.get(&s)?.unwrap());
+            Some(registry.of(&s).unwrap())
+        };
         let a = get(&format!("protocol = \"https\"\n{with_ca}")).unwrap();
         let b = get(&format!("protocol = \"mqtts\"\nport = 8883\n{with_ca}")).unwrap();
         assert!(
@@ -956,11 +894,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, self_signed("a.example")).unwrap();
-        let before = ProbeTls::load(true, Some(&ca)).unwrap();
-        assert_eq!(before, ProbeTls::load(true, Some(&ca)).unwrap());
+        let before = TlsSettings::load(true, Some(&ca)).unwrap();
+        assert_eq!(before, TlsSettings::load(true, Some(&ca)).unwrap());
         std::fs::write(&ca, self_signed("b.example")).unwrap();
-        assert_ne!(before, ProbeTls::load(true, Some(&ca)).unwrap());
-        assert_ne!(before, ProbeTls::load(false, Some(&ca)).unwrap());
+        assert_ne!(before, TlsSettings::load(true, Some(&ca)).unwrap());
+        assert_ne!(before, TlsSettings::load(false, Some(&ca)).unwrap());
     }
 
     #[test]

@@ -22,11 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::load::{CapacitySpec, LoadPoller};
-use super::monitor::MonitorSpec;
-use super::probe::{Probe, ProbeOutcome};
-use super::state::Tracker;
-use super::{
+use super::load::LoadPoller;
+use super::probe::{Probe, ProbeOutcome, ProbeTls, TlsRegistry};
+use crate::health::load::CapacitySpec;
+use crate::health::monitor::{MonitorSpec, Protocol};
+use crate::health::state::Tracker;
+use crate::health::{
     EndpointHealth, EndpointStatus, Force, ForceEntry, ForceTarget, HealthSnapshot, MonitorState,
 };
 use crate::routing::{RoutingTable, Stability, Target};
@@ -289,6 +290,7 @@ pub fn spawn(
         running_loads: HashMap::new(),
         loads: HashMap::new(),
         held: HashMap::new(),
+        tls: TlsRegistry::default(),
         trackers: HashMap::new(),
         details: HashMap::new(),
         forced,
@@ -314,6 +316,7 @@ struct Publisher {
     running_loads: HashMap<Arc<str>, (CapacitySpec, CancellationToken)>,
     loads: HashMap<Arc<str>, LoadState>,
     held: HashMap<Arc<str>, Held>,
+    tls: TlsRegistry,
     trackers: HashMap<Arc<str>, Tracker>,
     details: HashMap<Arc<str>, EndpointStatus>,
     forced: Vec<ForceEntry>,
@@ -352,6 +355,13 @@ impl Publisher {
         self.trackers.retain(|k, _| self.running.contains_key(k));
         self.details
             .retain(|k, _| wanted.contains_key(k) || plan.unmonitored.contains(k));
+        // TLS clients: one per distinct settings, kept while some monitor uses them.
+        let used: std::collections::HashSet<_> = plan
+            .targets
+            .iter()
+            .filter_map(|t| t.spec.tls.as_ref())
+            .collect();
+        self.tls.retain(&used);
         // Start what is new.
         let mut started = 0;
         for t in &plan.targets {
@@ -372,8 +382,19 @@ impl Publisher {
                     ..Default::default()
                 },
             );
+            let tls = match t.spec.protocol {
+                Protocol::Http | Protocol::Https | Protocol::Mqtts => match self.tls.of(&t.spec) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        warn!(endpoint = %t.key, error = %e, "cannot set up TLS for probes");
+                        None
+                    }
+                },
+                _ => None,
+            };
             self.tasks.spawn(endpoint_loop(
                 t.clone(),
+                tls,
                 self.tx.clone(),
                 self.slots.clone(),
                 stop.clone(),
@@ -694,6 +715,7 @@ fn failed(error: String) -> ProbeOutcome {
 
 async fn endpoint_loop(
     t: ProbeTarget,
+    tls: Option<ProbeTls>,
     tx: mpsc::Sender<Msg>,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -726,7 +748,7 @@ async fn endpoint_loop(
         let ready = match addr {
             Ok(a) => {
                 if probe.as_ref().is_none_or(|(old, _)| *old != a) {
-                    match Probe::new(&t.spec, a) {
+                    match Probe::prepared(&t.spec, tls.as_ref(), a) {
                         Ok(p) => probe = Some((a, p)),
                         Err(e) => {
                             warn!(endpoint = %t.key, error = %e, "cannot set up probe");
@@ -838,7 +860,13 @@ mod tests {
             host: ProbeHost::Ip(IpAddr::from([127, 0, 0, 1])),
         };
         let (tx, _rx) = mpsc::channel(1);
-        let fut = endpoint_loop(t, tx, Arc::new(Semaphore::new(1)), CancellationToken::new());
+        let fut = endpoint_loop(
+            t,
+            None,
+            tx,
+            Arc::new(Semaphore::new(1)),
+            CancellationToken::new(),
+        );
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 2048, "endpoint_loop future is {size} bytes");
     }
