@@ -78,7 +78,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if measuring { 1_000_000 } else { 1_000 });
     let config = Config::load(None).expect("embedded configuration");
-    let state = geosteer::app::load_state(&config).expect("bundled zones and profiles");
+    let state = geosteer::state::build(&config).expect("bundled zones and profiles");
     let state = Arc::new(ArcSwap::from_pointee(state));
     let health = Arc::new(ArcSwap::from_pointee(HealthSnapshot::default()));
     let metrics = Arc::new(Metrics::default());

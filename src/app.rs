@@ -14,20 +14,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::config::{Config, ConfigErrors};
 use crate::dns::Handler;
 use crate::dns::server::{self, TcpLimits};
-use crate::geo::Catalogue;
 use crate::health::HealthSnapshot;
-use crate::locate::{Code, Locator};
 use crate::metrics::Metrics;
 use crate::ops::control::Control;
 use crate::ops::store::Persisted;
 use crate::ops::{api, reload};
-use crate::routing::model::Model;
-use crate::routing::{Measured, RoutingTable, profile};
 use crate::state::State;
-use crate::zone::{self, ZoneSet};
 
 /// Everything `check` validates and `serve` needs, loaded without binding anything.
 pub struct Loaded {
@@ -45,129 +40,13 @@ pub struct Loaded {
 /// collected.
 pub fn load(config_path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
     let config = Config::load(config_path)?;
-    let state = load_state(&config)?;
+    let state = crate::state::build(&config)?;
     let persisted = Persisted::load(&config.state_file)?;
     Ok(Loaded {
         config_path: config_path.map(Path::to_path_buf),
         config,
         state,
         persisted,
-    })
-}
-
-/// Builds the serving state from a validated configuration (blocking file I/O).
-pub fn load_state(config: &Config) -> Result<State, ConfigErrors> {
-    let mut errors = Vec::new();
-    let catalogue = Catalogue::load(config.regions_file.as_deref())
-        .map_err(|e| config.blame_all("routing.regions", e))?;
-    let locator = match Locator::open(config.geoip_city.as_deref(), config.geoip_asn.as_deref()) {
-        Ok(l) => l,
-        Err(e) => {
-            for e in e.0 {
-                let field = if config.geoip_city.as_deref() == Some(e.file.as_path()) {
-                    "geoip.city"
-                } else {
-                    "geoip.asn"
-                };
-                errors.push(config.blame(field, e));
-            }
-            Locator::default()
-        }
-    };
-    let zones = zone::load_dir(&config.zones_dir).map_err(|e| {
-        // Only the directory-level errors (missing, empty) are about the setting; errors
-        // inside a zone file keep their own file and line.
-        ConfigErrors(
-            e.0.into_iter()
-                .map(|e| {
-                    if e.file == config.zones_dir {
-                        config.blame("zones.directory", e)
-                    } else {
-                        e
-                    }
-                })
-                .collect(),
-        )
-    })?;
-    let mut profiles = Vec::new();
-    for z in &zones {
-        let path = z.file.with_extension("toml");
-        if !path.is_file() {
-            continue;
-        }
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                errors.push(ConfigError::file(
-                    &path,
-                    format!("cannot read profiles: {e}"),
-                ));
-                continue;
-            }
-        };
-        match profile::load_profiles(z, &path, &text, &catalogue, profiles.len()) {
-            Ok(mut p) => profiles.append(&mut p),
-            Err(mut e) => errors.append(&mut e.0),
-        }
-    }
-    profile::compute_capabilities(&mut profiles);
-    let server = match (&config.server_region, config.server_point) {
-        (Some(r), _) => match catalogue.get(r) {
-            Some(reg) => Some(reg.point()),
-            None => {
-                errors.push(ConfigError::new(
-                    &config.source,
-                    0,
-                    "routing.server_region",
-                    format!("unknown region {r:?}"),
-                ));
-                None
-            }
-        },
-        (None, p) => p,
-    };
-    let model = Model {
-        base_ms: config.base_ms,
-        ms_per_km: config.ms_per_km,
-        server,
-    };
-    let mut measured = Measured::default();
-    for m in &config.measured {
-        if catalogue.get(&m.region).is_none() {
-            errors.push(ConfigError::new(
-                &config.source,
-                0,
-                "routing.measured.region",
-                format!("unknown region {:?}", m.region),
-            ));
-            continue;
-        }
-        if let Some(net) = m
-            .client
-            .as_deref()
-            .and_then(|c| c.parse::<ipnet::IpNet>().ok())
-        {
-            measured
-                .networks
-                .push((net.trunc(), m.region.clone(), m.rtt_ms));
-        } else if let Some(c) = m.country.as_deref().and_then(Code::new) {
-            measured.countries.insert((c, m.region.clone()), m.rtt_ms);
-        }
-    }
-    // Longest prefix first, so the first match is the most specific.
-    measured
-        .networks
-        .sort_by_key(|(n, _, _)| std::cmp::Reverse(n.prefix_len()));
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
-    }
-    Ok(State {
-        generation: crate::dns::cache::next_generation(),
-        zones: ZoneSet::new(zones),
-        routing: RoutingTable::new(profiles, model, measured),
-        locator: Arc::new(locator),
-        why_acl: config.why_acl.clone(),
-        query_log_sample: config.query_log_sample,
     })
 }
 

@@ -11,7 +11,6 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::dns::handler::locate_client;
 use crate::health::HealthSnapshot;
 use crate::locate::Location;
 use crate::routing::{Explain, Family, Profile, Selection};
@@ -66,7 +65,7 @@ pub fn explain(
         source_prefix: n.prefix_len(),
         addr: n.trunc().addr(),
     });
-    let c = locate_client(state, ecs_opt, SocketAddr::new(client, 0));
+    let c = state.locate_client(ecs_opt, SocketAddr::new(client, 0));
     let mut trace = Explain::default();
     let sel = state
         .routing

@@ -1,6 +1,17 @@
 //! The serving state: everything a query reads, built off the hot path and swapped whole.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::base::{ConfigError, ConfigErrors};
+use crate::config::Config;
+use crate::geo::Catalogue;
+use crate::locate::Code;
+use crate::routing::model::Model;
+use crate::routing::{Client, Measured, profile};
+use crate::wire::ClientSubnet;
+use crate::zone::{self};
 
 use crate::locate::Locator;
 use crate::routing::RoutingTable;
@@ -9,7 +20,7 @@ use crate::zone::ZoneSet;
 /// Zones, profiles and the GeoIP databases of one configuration generation.
 #[derive(Debug, Default)]
 pub struct State {
-    /// Unique per built state ([`crate::dns::cache::next_generation`]): cached answers of an
+    /// Unique per built state ([`next_generation`]): cached answers of an
     /// earlier state are never served.
     pub generation: u64,
     /// Static zones.
@@ -22,4 +33,144 @@ pub struct State {
     pub why_acl: Vec<ipnet::IpNet>,
     /// Fraction of queries logged.
     pub query_log_sample: f64,
+}
+
+impl State {
+    /// Where routing should think the client is: the ECS address when the resolver sent one
+    /// with a non-zero source prefix (RFC 7871 §7.1.2), else the resolver's own address.
+    pub fn locate_client(&self, ecs: Option<ClientSubnet>, src: SocketAddr) -> Client {
+        let addr = match ecs {
+            Some(e) if e.source_prefix > 0 => e.addr,
+            _ => src.ip(),
+        };
+        Client {
+            loc: self.locator.locate(addr, self.routing.wants_subdivision),
+            ecs_source: ecs.map(|e| e.source_prefix),
+        }
+    }
+}
+
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// A number unique to one serving state (taken when the state is built), so entries of an
+/// earlier state are never served after a reload — even if the new state happens to be
+/// allocated at the old one's address.
+pub fn next_generation() -> u64 {
+    NEXT_GENERATION.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Builds the serving state from a validated configuration (blocking file I/O).
+pub fn build(config: &Config) -> Result<State, ConfigErrors> {
+    let mut errors = Vec::new();
+    let catalogue = Catalogue::load(config.regions_file.as_deref())
+        .map_err(|e| config.blame_all("routing.regions", e))?;
+    let locator = match Locator::open(config.geoip_city.as_deref(), config.geoip_asn.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            for e in e.0 {
+                let field = if config.geoip_city.as_deref() == Some(e.file.as_path()) {
+                    "geoip.city"
+                } else {
+                    "geoip.asn"
+                };
+                errors.push(config.blame(field, e));
+            }
+            Locator::default()
+        }
+    };
+    let zones = zone::load_dir(&config.zones_dir).map_err(|e| {
+        // Only the directory-level errors (missing, empty) are about the setting; errors
+        // inside a zone file keep their own file and line.
+        ConfigErrors(
+            e.0.into_iter()
+                .map(|e| {
+                    if e.file == config.zones_dir {
+                        config.blame("zones.directory", e)
+                    } else {
+                        e
+                    }
+                })
+                .collect(),
+        )
+    })?;
+    let mut profiles = Vec::new();
+    for z in &zones {
+        let path = z.file.with_extension("toml");
+        if !path.is_file() {
+            continue;
+        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(ConfigError::file(
+                    &path,
+                    format!("cannot read profiles: {e}"),
+                ));
+                continue;
+            }
+        };
+        match profile::load_profiles(z, &path, &text, &catalogue, profiles.len()) {
+            Ok(mut p) => profiles.append(&mut p),
+            Err(mut e) => errors.append(&mut e.0),
+        }
+    }
+    profile::compute_capabilities(&mut profiles);
+    let server = match (&config.server_region, config.server_point) {
+        (Some(r), _) => match catalogue.get(r) {
+            Some(reg) => Some(reg.point()),
+            None => {
+                errors.push(ConfigError::new(
+                    &config.source,
+                    0,
+                    "routing.server_region",
+                    format!("unknown region {r:?}"),
+                ));
+                None
+            }
+        },
+        (None, p) => p,
+    };
+    let model = Model {
+        base_ms: config.base_ms,
+        ms_per_km: config.ms_per_km,
+        server,
+    };
+    let mut measured = Measured::default();
+    for m in &config.measured {
+        if catalogue.get(&m.region).is_none() {
+            errors.push(ConfigError::new(
+                &config.source,
+                0,
+                "routing.measured.region",
+                format!("unknown region {:?}", m.region),
+            ));
+            continue;
+        }
+        if let Some(net) = m
+            .client
+            .as_deref()
+            .and_then(|c| c.parse::<ipnet::IpNet>().ok())
+        {
+            measured
+                .networks
+                .push((net.trunc(), m.region.clone(), m.rtt_ms));
+        } else if let Some(c) = m.country.as_deref().and_then(Code::new) {
+            measured.countries.insert((c, m.region.clone()), m.rtt_ms);
+        }
+    }
+    // Longest prefix first, so the first match is the most specific.
+    measured
+        .networks
+        .sort_by_key(|(n, _, _)| std::cmp::Reverse(n.prefix_len()));
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(State {
+        generation: next_generation(),
+        zones: ZoneSet::new(zones),
+        routing: RoutingTable::new(profiles, model, measured),
+        locator: Arc::new(locator),
+        why_acl: config.why_acl.clone(),
+        query_log_sample: config.query_log_sample,
+    })
 }

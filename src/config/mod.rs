@@ -239,6 +239,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// RRL settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RrlConfig {
+    /// Identical responses per client network per second; 0 disables RRL.
+    pub responses_per_second: u32,
+    /// Every n-th limited response is sent truncated; 0 = drop all.
+    pub slip: u32,
+    /// IPv4 network size counted together.
+    pub ipv4_prefix: u8,
+    /// IPv6 network size counted together.
+    pub ipv6_prefix: u8,
+    /// Sources never limited.
+    pub exempt: Vec<ipnet::IpNet>,
+}
+
 /// Validated configuration, paths resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -302,7 +317,7 @@ pub struct Config {
     /// Every file this configuration was built from (watched for changes).
     pub files: Vec<PathBuf>,
     /// Response rate limiting (`responses_per_second` 0 = off).
-    pub rrl: crate::dns::rrl::RrlConfig,
+    pub rrl: RrlConfig,
 }
 
 impl Config {
@@ -558,7 +573,7 @@ impl Config {
             drill_samples: raw.admin.drill_samples.clone(),
             reload_poll: raw.admin.reload_poll,
             query_log_sample: raw.admin.query_log_sample,
-            rrl: crate::dns::rrl::RrlConfig {
+            rrl: RrlConfig {
                 responses_per_second: if raw.rrl.enabled {
                     raw.rrl.responses_per_second
                 } else {

@@ -19,7 +19,6 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::base::Counter;
 
@@ -27,15 +26,6 @@ use crate::base::Counter;
 pub const MAX_ENTRIES: usize = 4096;
 /// Largest answer cached: one that fits the smallest UDP limit is the same for every limit.
 pub const MAX_ANSWER: usize = 512;
-
-static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
-
-/// A number unique to one serving state (taken when the state is built), so entries of an
-/// earlier state are never served after a reload — even if the new state happens to be
-/// allocated at the old one's address.
-pub fn next_generation() -> u64 {
-    NEXT_GENERATION.fetch_add(1, Ordering::Relaxed)
-}
 
 struct Entry {
     /// The whole response as first encoded.

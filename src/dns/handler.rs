@@ -13,7 +13,7 @@ use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 
 use crate::health::HealthSnapshot;
 use crate::metrics::Metrics;
-use crate::routing::{Client, Family};
+use crate::routing::Family;
 use crate::state::State;
 use crate::wire::{self, OptOut, ParseError, Query, ResponseHeader, Rr, Sections, opcode, rcode};
 use crate::zone::{Lookup, Zone};
@@ -386,7 +386,7 @@ impl Handler {
                 return finish(out, h, qraw, s, opt, limit, false);
             }
         };
-        let client = locate_client(state, ecs, src);
+        let client = state.locate_client(ecs, src);
         let health = self.health.load();
         let prof = &state.routing.profiles[profile];
         prof.queries.inc();
@@ -447,7 +447,7 @@ impl Handler {
         } else {
             Family::V4
         };
-        let client = locate_client(state, ecs, src);
+        let client = state.locate_client(ecs, src);
         let health = self.health.load();
         let mut trace = crate::routing::Explain::default();
         let sel = state
@@ -524,19 +524,6 @@ fn elapsed_ns(started: std::time::Instant) -> u64 {
     u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Where routing should think the client is: the ECS address when the resolver sent one with
-/// a non-zero source prefix (RFC 7871 §7.1.2), else the resolver's own address.
-pub fn locate_client(state: &State, ecs: Option<wire::ClientSubnet>, src: SocketAddr) -> Client {
-    let addr = match ecs {
-        Some(e) if e.source_prefix > 0 => e.addr,
-        _ => src.ip(),
-    };
-    Client {
-        loc: state.locator.locate(addr, state.routing.wants_subdivision),
-        ecs_source: ecs.map(|e| e.source_prefix),
-    }
-}
-
 /// Encodes, degrading gracefully when the answer does not fit.
 fn finish(
     out: &mut Vec<u8>,
@@ -606,7 +593,7 @@ mod tests {
     fn handlers() -> (Handler, Handler, Arc<ArcSwap<State>>) {
         let config = crate::config::Config::load(None).expect("embedded config");
         let state = Arc::new(ArcSwap::from_pointee(
-            crate::app::load_state(&config).expect("bundled zones"),
+            crate::state::build(&config).expect("bundled zones"),
         ));
         let health = Arc::new(ArcSwap::from_pointee(HealthSnapshot::default()));
         let metrics = Arc::new(Metrics::default());
@@ -704,7 +691,7 @@ mod tests {
         assert!(cached.handle(&p, src, Transport::Udp, &mut again));
         assert_eq!(first, again);
         // The same zones under a new generation, but without www: NXDOMAIN now.
-        let mut next = crate::app::load_state(&crate::config::Config::load(None).unwrap()).unwrap();
+        let mut next = crate::state::build(&crate::config::Config::load(None).unwrap()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let text = std::fs::read_to_string("zones/example.test.zone")
             .unwrap()

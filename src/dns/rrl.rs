@@ -15,8 +15,6 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ipnet::IpNet;
-
 /// Slots in the table (a power of two).
 const SLOTS: usize = 1 << 16;
 
@@ -31,20 +29,7 @@ pub enum Verdict {
     Drop,
 }
 
-/// RRL settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RrlConfig {
-    /// Identical responses per client network per second; 0 disables RRL.
-    pub responses_per_second: u32,
-    /// Every n-th limited response is sent truncated; 0 = drop all.
-    pub slip: u32,
-    /// IPv4 network size counted together.
-    pub ipv4_prefix: u8,
-    /// IPv6 network size counted together.
-    pub ipv6_prefix: u8,
-    /// Sources never limited.
-    pub exempt: Vec<IpNet>,
-}
+pub use crate::config::RrlConfig;
 
 /// The limiter.
 pub struct Rrl {

@@ -152,6 +152,26 @@ pub const MAX_HEADERS: usize = 8;
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 impl MonitorSpec {
+    /// Whether probes need TLS settings: https and mqtts, and plain http (its HTTP client is
+    /// built from the default settings).
+    pub fn uses_tls(&self) -> bool {
+        matches!(
+            self.protocol,
+            Protocol::Http | Protocol::Https | Protocol::Mqtts
+        )
+    }
+
+    /// Fills in [`Self::tls`] from `cache` (reads `ca_file` once per load).
+    pub fn load_tls(
+        &mut self,
+        cache: &mut super::tls::TlsCache,
+    ) -> Result<(), (&'static str, String)> {
+        if self.uses_tls() {
+            self.tls = Some(cache.get(self.tls_verify, self.ca_file.as_deref())?);
+        }
+        Ok(())
+    }
+
     /// Validates merged settings. Errors are `(field, message)` for the caller to locate.
     pub fn from_raw(r: &RawMonitor) -> Result<Self, (&'static str, String)> {
         let protocol = r.protocol.ok_or((

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::{PemObject, SectionKind};
 
-use super::monitor::{MonitorSpec, Protocol};
-
-/// A monitor field and what is wrong with it (the shape of [`MonitorSpec::from_raw`]'s errors).
+/// A monitor field and what is wrong with it (the shape of `MonitorSpec::from_raw`'s errors).
 pub type FieldError = (&'static str, String);
 
 /// Validated TLS settings of a monitor.
@@ -104,21 +102,12 @@ pub struct TlsCache {
 }
 
 impl TlsCache {
-    /// The settings for `spec` (http, https and mqtts; `None` for the others). Plain http
-    /// gets the default ones, for its HTTP client.
-    pub fn get(&mut self, spec: &MonitorSpec) -> Option<Result<TlsSettings, FieldError>> {
-        if !matches!(
-            spec.protocol,
-            Protocol::Http | Protocol::Https | Protocol::Mqtts
-        ) {
-            return None;
-        }
-        let key = (spec.tls_verify, spec.ca_file.clone());
-        let built = self
-            .built
-            .entry(key)
-            .or_insert_with(|| TlsSettings::load(spec.tls_verify, spec.ca_file.as_deref()));
-        Some(built.clone())
+    /// The settings for `tls_verify` and `ca_file`, loaded once per distinct pair.
+    pub fn get(&mut self, verify: bool, ca_file: Option<&Path>) -> Result<TlsSettings, FieldError> {
+        self.built
+            .entry((verify, ca_file.map(Path::to_path_buf)))
+            .or_insert_with(|| TlsSettings::load(verify, ca_file))
+            .clone()
     }
 }
 

@@ -156,7 +156,7 @@ impl Control {
         let path = self.config_path.clone();
         let loaded = tokio::task::spawn_blocking(move || -> Result<(Config, State), String> {
             let config = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
-            let state = crate::app::load_state(&config).map_err(|e| e.to_string())?;
+            let state = crate::state::build(&config).map_err(|e| e.to_string())?;
             Ok((config, state))
         })
         .await

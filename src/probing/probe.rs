@@ -868,7 +868,8 @@ mod tests {
         let mut registry = TlsRegistry::default();
         let mut get = |text: &str| {
             let mut s = spec(text);
-            s.tls = Some(cache.get(&s)?.unwrap());
+            s.load_tls(&mut cache).unwrap();
+            s.tls.as_ref()?;
             Some(registry.of(&s).unwrap())
         };
         let a = get(&format!("protocol = \"https\"\n{with_ca}")).unwrap();

@@ -597,9 +597,7 @@ pub fn load_profiles(
                         {
                             spec.ca_file = Some(dir.join(ca));
                         }
-                        if let Some(tls) = cx.tls.get(&spec) {
-                            spec.tls = Some(tls?);
-                        }
+                        spec.load_tls(&mut cx.tls)?;
                         Ok(spec)
                     });
                     match checked {
