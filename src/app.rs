@@ -101,6 +101,7 @@ pub fn serve(loaded: Loaded) -> anyhow::Result<()> {
             max_connections: config.tcp_max_connections,
             idle_timeout: config.tcp_idle_timeout,
             max_per_source: config.tcp_max_per_source,
+            write_timeout: config.tcp_write_timeout,
         };
         // Probing starts before serving; answers never wait for it (unprobed = CheckingEndpoint,
         // which is served).

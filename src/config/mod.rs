@@ -175,6 +175,8 @@ struct RawServer {
     tcp_max_connections: usize,
     tcp_max_per_source: usize,
     #[serde(with = "de::duration")]
+    tcp_write_timeout: Duration,
+    #[serde(with = "de::duration")]
     shutdown_grace: Duration,
 }
 
@@ -192,6 +194,7 @@ impl Default for RawServer {
             tcp_idle_timeout: Duration::from_secs(10),
             tcp_max_connections: 1024,
             tcp_max_per_source: 16,
+            tcp_write_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -272,10 +275,18 @@ pub struct Config {
     pub edns_udp_payload: u16,
     /// A TCP connection with no complete query for this long is closed.
     pub tcp_idle_timeout: Duration,
-    /// Concurrent TCP connections across all listeners; more are closed at accept.
+    /// Concurrent TCP connections across all listeners. When all are in use, a new connection
+    /// takes the slot of the connection quiet longest (at least 1 s without a query read or an
+    /// answer delivered); if none is, the new one is closed (see `dns::conn_limit`).
     pub tcp_max_connections: usize,
-    /// Concurrent TCP connections per source address (IPv6: per /64); 0 = no per-source limit.
+    /// A source's (address; IPv6: /64) share of the TCP slots once more than half are in use:
+    /// at its share, a new connection replaces the source's own quietest one or is closed.
+    /// Below half full one source may use any number (a busy resolver). 0 = no share.
     pub tcp_max_per_source: usize,
+    /// Answers the client does not take for this long reset the connection. Writes wait only
+    /// when the client has stopped reading and the socket buffers are full, so a few seconds
+    /// is generous for a real client yet frees a stalled one's slot and kernel buffer.
+    pub tcp_write_timeout: Duration,
     /// On SIGINT/SIGTERM, how long in-flight TCP connections get to finish.
     pub shutdown_grace: Duration,
     /// Directory holding `*.zone` files, resolved against the config file's directory.
@@ -390,6 +401,14 @@ impl Config {
                 file,
                 at("tcp_idle_timeout"),
                 "server.tcp_idle_timeout",
+                "must be longer than 0s",
+            ));
+        }
+        if s.tcp_write_timeout.is_zero() {
+            errors.push(ConfigError::new(
+                file,
+                at("tcp_write_timeout"),
+                "server.tcp_write_timeout",
                 "must be longer than 0s",
             ));
         }
@@ -554,6 +573,7 @@ impl Config {
             tcp_idle_timeout: s.tcp_idle_timeout,
             tcp_max_connections: s.tcp_max_connections,
             tcp_max_per_source: s.tcp_max_per_source,
+            tcp_write_timeout: s.tcp_write_timeout,
             shutdown_grace: s.shutdown_grace,
             zones_dir: base.join(raw.zones.directory),
             log_level: raw.log.level,

@@ -3,9 +3,9 @@
 //! Why our own loops instead of `hickory_server::Server`: hickory spawns a task per UDP packet
 //! and has no TCP connection limit. Here each worker owns one `SO_REUSEPORT` UDP socket and
 //! answers in place (receive → handle → send, no task, reused buffers; on Linux in batches of up
-//! to 32 datagrams with `recvmmsg`/`sendmmsg`), and TCP connections are bounded by a semaphore,
-//! idle-timed-out and pipelined (answers are flushed when the client's buffered queries are all
-//! answered).
+//! to 32 datagrams with `recvmmsg`/`sendmmsg`), and TCP connections hold a slot of a
+//! [`ConnTable`] (the quietest gives way under pressure), are idle- and write-timed-out and
+//! pipelined (answers are flushed when the client's buffered queries are all answered).
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,14 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::conn_limit::SourceLimiter;
+use super::conn_limit::{ConnSlot, ConnTable};
 use super::handler::{Handler, Transport};
 
 /// Largest UDP datagram we read. Queries are small, but a short buffer would silently cut a
@@ -119,15 +118,17 @@ pub fn bind(udp: &[SocketAddr], tcp: &[SocketAddr], workers: usize) -> anyhow::R
     Ok(bound)
 }
 
-/// Transport limits.
+/// Transport limits (the slot rule is explained in [`super::conn_limit`]).
 #[derive(Debug, Clone, Copy)]
 pub struct TcpLimits {
-    /// Concurrent connections.
+    /// Concurrent connections; when all are in use, the quietest gives way to a new one.
     pub max_connections: usize,
     /// Idle time allowed between (and within) queries.
     pub idle_timeout: Duration,
-    /// Concurrent connections per source (IPv6: per /64); 0 = unlimited.
+    /// Share of one source (IPv6: /64) once more than half the slots are in use; 0 = none.
     pub max_per_source: usize,
+    /// How long handing answers to the kernel may wait for a client that does not read.
+    pub write_timeout: Duration,
 }
 
 /// Starts every transport on the current runtime. Tasks end when `shutdown` is cancelled;
@@ -146,8 +147,8 @@ pub fn spawn(
             tracker.spawn(serve_udp(s, handler.clone(), shutdown.clone()));
         }
     }
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let per_source = SourceLimiter::new(limits.max_per_source);
+    // One table for all listeners: the limits are per server, not per address.
+    let table = ConnTable::new(limits.max_connections, limits.max_per_source);
     for (addr, l) in bound.tcp {
         info!(proto = "tcp", %addr, "listening");
         let l = TcpListener::from_std(l)?;
@@ -155,8 +156,7 @@ pub fn spawn(
             l,
             handler.clone(),
             limits,
-            slots.clone(),
-            per_source.clone(),
+            table.clone(),
             shutdown.clone(),
             tracker.clone(),
         ));
@@ -565,8 +565,7 @@ async fn serve_tcp(
     listener: TcpListener,
     handler: Arc<Handler>,
     limits: TcpLimits,
-    slots: Arc<Semaphore>,
-    per_source: Arc<SourceLimiter>,
+    table: Arc<ConnTable>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -584,50 +583,79 @@ async fn serve_tcp(
                 }
             },
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            debug!(%src, "tcp connection limit reached; closing");
-            drop(stream);
-            continue;
-        };
-        let Some(source_slot) = per_source.acquire(src.ip()) else {
-            debug!(%src, "per-source tcp connection limit reached; closing");
-            drop(stream);
-            continue;
+        let slot = match table.admit(src.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                debug!(%src, ?why, "no tcp slot for this connection; closing");
+                drop(stream);
+                continue;
+            }
         };
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _permit = permit;
-            let _source_slot = source_slot;
-            if let Err(e) = serve_conn(stream, src, &handler, limits.idle_timeout, &shutdown).await
-            {
+            if let Err(e) = serve_conn(stream, src, &handler, limits, &slot, &shutdown).await {
                 debug!(%src, error = %e, "tcp connection ended");
             }
         });
     }
 }
 
+/// Answers are handed to the kernel once this many bytes are waiting, even while pipelined
+/// queries are still buffered: bounds a connection's memory (plus one answer).
+const TCP_FLUSH_AT: usize = 16 << 10;
+
 /// One TCP connection: length-prefixed messages (RFC 1035 §4.2.2), answered in order.
+///
+/// Reads wait at most `idle_timeout`; handing answers to the kernel waits at most
+/// `write_timeout` (it only waits when the client has stopped reading and the socket buffers
+/// are full). A connection whose slot is given to another ([`ConnTable`]) closes at once.
 async fn serve_conn(
     stream: TcpStream,
     src: SocketAddr,
     handler: &Handler,
-    idle: Duration,
+    limits: TcpLimits,
+    slot: &ConnSlot,
     shutdown: &CancellationToken,
 ) -> io::Result<()> {
-    let (r, w) = stream.into_split();
+    let idle = limits.idle_timeout;
+    let evicted = slot.evicted();
+    let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
-    let mut w = BufWriter::new(w);
     let mut msg = Vec::with_capacity(512);
     let mut out = Vec::with_capacity(4096);
+    // Answers not yet handed to the kernel (length-prefixed).
+    let mut pending = Vec::with_capacity(4096);
     loop {
-        // Flush only when no pipelined query is waiting, so a burst is answered in one write.
-        if r.buffer().is_empty() {
-            w.flush().await?;
+        // Write only when no pipelined query is waiting, so a burst is answered in one write.
+        if !pending.is_empty() && (r.buffer().is_empty() || pending.len() >= TCP_FLUSH_AT) {
+            // Not cut short by shutdown: answers already computed are delivered (bounded by
+            // the write timeout). Eviction does cut it: a write still pending after
+            // MIN_QUIET is a client that stopped reading.
+            let done = tokio::select! {
+                biased;
+                _ = evicted.cancelled() => None,
+                r = tokio::time::timeout(limits.write_timeout, w.write_all(&pending)) => Some(r),
+            };
+            match done {
+                Some(Ok(Ok(()))) => {
+                    pending.clear();
+                    slot.progress();
+                }
+                Some(Ok(Err(e))) => return Err(e),
+                None | Some(Err(_)) => {
+                    // Reset rather than close: a graceful close would keep the unread answers
+                    // (up to megabytes of kernel buffer) queued for a client that never reads.
+                    let _ = socket2::SockRef::from(w.as_ref()).set_linger(Some(Duration::ZERO));
+                    debug!(%src, evicted = done.is_none(), "tcp client not reading; reset");
+                    return Ok(());
+                }
+            }
         }
         let len = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
+            _ = evicted.cancelled() => return Ok(()),
             r = tokio::time::timeout(idle, r.read_u16()) => match r {
                 Ok(Ok(n)) => usize::from(n),
                 Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
@@ -636,14 +664,20 @@ async fn serve_conn(
             },
         };
         msg.resize(len, 0);
-        match tokio::time::timeout(idle, r.read_exact(&mut msg)).await {
+        let read = tokio::select! {
+            biased;
+            _ = evicted.cancelled() => return Ok(()),
+            r = tokio::time::timeout(idle, r.read_exact(&mut msg)) => r,
+        };
+        match read {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
             Err(_) => return Ok(()), // a client trickling bytes is treated as idle
         }
+        slot.progress();
         if handler.handle(&msg, src, Transport::Tcp, &mut out) {
-            w.write_u16(out.len() as u16).await?;
-            w.write_all(&out).await?;
+            pending.extend_from_slice(&(out.len() as u16).to_be_bytes());
+            pending.extend_from_slice(&out);
         }
     }
 }
