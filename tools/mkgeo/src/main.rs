@@ -25,6 +25,10 @@
 //!
 //! Exit status: 0 success / up to date, 1 `--check` found a difference,
 //! 2 any error (bad CSV, I/O, self-verification failure).
+//!
+//! A workspace member of its own (`tools/mkgeo`), not a binary of the server
+//! crate: `cargo run -p geosteer-mkgeo` from the repository root (the default
+//! `--input`/`--out-dir` are relative to the current directory).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
@@ -218,7 +222,7 @@ fn run(cli: &Cli) -> Result<bool> {
             }
         }
         if !up_to_date {
-            println!("run `cargo run --bin geosteer-mkgeo` and commit the result");
+            println!("run `cargo run -p geosteer-mkgeo` and commit the result");
         }
         return Ok(up_to_date);
     }
@@ -485,7 +489,7 @@ fn parse_row(line: usize, content: &str) -> Result<Row> {
     ensure!(
         COUNTRIES.iter().any(|(code, _)| *code == country),
         "country `{country}` is not a known ISO 3166-1 alpha-2 code \
-         (add it to COUNTRIES in src/bin/geosteer-mkgeo.rs if it is valid)"
+         (add it to COUNTRIES in tools/mkgeo/src/main.rs if it is valid)"
     );
     ensure!(
         CONTINENTS.iter().any(|(code, _)| *code == continent),
@@ -1240,14 +1244,15 @@ network,country,continent,subdivision,city,lat,lon,asn,as_org
     /// from the committed CSV (same as `geosteer-mkgeo --check`).
     #[test]
     fn committed_sample_databases_are_up_to_date() {
-        let geo = Path::new(env!("CARGO_MANIFEST_DIR")).join("geo");
+        // This crate lives in tools/mkgeo; the sample data in the repository root's geo/.
+        let geo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../geo");
         let csv = fs::read_to_string(geo.join("sample-networks.csv")).unwrap();
         let generated = generate(&csv, "geo/sample-networks.csv").unwrap();
         for (name, bytes) in [(CITY_FILE, &generated.city), (ASN_FILE, &generated.asn)] {
             let on_disk = fs::read(geo.join(name)).unwrap();
             assert!(
                 on_disk == *bytes,
-                "geo/{name} is stale: run `cargo run --bin geosteer-mkgeo`"
+                "geo/{name} is stale: run `cargo run -p geosteer-mkgeo`"
             );
         }
     }
