@@ -78,7 +78,7 @@ pub fn build(config: &Config) -> Result<State, ConfigErrors> {
             Locator::default()
         }
     };
-    let zones = zone::load_dir(&config.zones_dir).map_err(|e| {
+    let mut zones = zone::load_dir(&config.zones_dir).map_err(|e| {
         // Only the directory-level errors (missing, empty) are about the setting; errors
         // inside a zone file keep their own file and line.
         ConfigErrors(
@@ -115,6 +115,17 @@ pub fn build(config: &Config) -> Result<State, ConfigErrors> {
         }
     }
     profile::compute_capabilities(&mut profiles);
+    // A profile's name exists in the zone that answers it (the longest apex, as queries are
+    // matched): a wildcard above it must not answer names below it (RFC 4592 closest encloser).
+    for p in &profiles {
+        if let Some(z) = zones
+            .iter_mut()
+            .filter(|z| crate::wire::wire_is_subdomain(&p.owner_wire, &z.origin_wire))
+            .max_by_key(|z| z.origin_wire.len())
+        {
+            z.add_steered_name(&p.owner_wire);
+        }
+    }
     let server = match (&config.server_region, config.server_point) {
         (Some(r), _) => match catalogue.get(r) {
             Some(reg) => Some(reg.point()),

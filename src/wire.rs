@@ -455,6 +455,9 @@ pub struct Rr<'a> {
     /// The same record pre-encoded relative to the zone apex (see [`ApexRr`]); used when the
     /// question is present, `record` otherwise.
     pub apex: Option<&'a ApexRr>,
+    /// Owner name to emit instead of the record's own (unless `at_qname`): a record
+    /// synthesized from a wildcard for a CNAME target is owned by that target, not by `*.x`.
+    pub owner: Option<&'a hickory_server::proto::rr::Name>,
 }
 
 /// A record owned by a zone apex, encoded once at load time with its names compressed against
@@ -611,6 +614,15 @@ impl<'a> Rr<'a> {
             at_qname: false,
             ttl: record.ttl,
             apex: None,
+            owner: None,
+        }
+    }
+
+    /// A record answered at `owner` instead of its own name (wildcard synthesis, RFC 4592).
+    pub fn at_owner(record: &'a Record, owner: &'a hickory_server::proto::rr::Name) -> Self {
+        Self {
+            owner: Some(owner),
+            ..Self::own(record)
         }
     }
 
@@ -629,6 +641,7 @@ impl<'a> Rr<'a> {
             at_qname: true,
             ttl: record.ttl,
             apex: None,
+            owner: None,
         }
     }
 }
@@ -758,7 +771,7 @@ fn emit_rr(enc: &mut BinEncoder<'_>, rr: &Rr<'_>) -> Result<(), hickory_server::
         fixed[..2].copy_from_slice(&(0xC000 | HEADER_LEN as u16).to_be_bytes());
         2
     } else {
-        rr.record.name.emit(enc)?;
+        rr.owner.unwrap_or(&rr.record.name).emit(enc)?;
         0
     };
     fixed[head..head + 2].copy_from_slice(&u16::from(rr.record.record_type()).to_be_bytes());
@@ -942,6 +955,7 @@ mod tests {
                 at_qname: r.name == qname,
                 ttl: 17 + i as u32,
                 apex: None,
+                owner: None,
             });
         }
         let mut out = Vec::new();

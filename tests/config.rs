@@ -120,8 +120,8 @@ fn bad_input_exits_64_naming_file_line_and_field() {
         ),
         (
             "",
-            &format!("{ZONE}*.w IN A 192.0.2.2\n"),
-            "{dir}/zones/t.zone:6: *.w.t. A: wildcard owner names are not supported",
+            &format!("{ZONE}a.*.w IN A 192.0.2.2\n"),
+            "{dir}/zones/t.zone:6: a.*.w.t. A: `*` is only allowed as the first label (a wildcard, RFC 4592)",
         ),
     ];
     for (config, zone, expected) in cases {

@@ -6,7 +6,9 @@
 //! RD and CD bits, and the question's bytes (the client's spelling of the name; every other
 //! name in the answer points into it, at the same offsets). So the second query for a name
 //! costs a hash lookup and a copy instead of a zone lookup and an encode — about a third of
-//! the instructions of an encoded answer (`bench/instructions.sh`).
+//! the instructions of an encoded answer (`bench/instructions.sh`). Answers synthesized from a
+//! wildcard (RFC 4592) are no exception: the key is the query name, not the wildcard, so two
+//! names one wildcard matches have two entries, and the owner is that pointer to the question.
 //!
 //! What is *not* cached, so it can never be served stale or to the wrong client: answers at a
 //! traffic profile's name and `_why` answers (client-dependent), queries with EDNS Client Subnet

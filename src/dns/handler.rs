@@ -289,26 +289,16 @@ impl Handler {
         let mut referral = false;
         match zone.lookup(&question.name, qtype) {
             Lookup::Answer(sets) => {
-                for (i, set) in sets.iter().enumerate() {
-                    s.answer.extend(
-                        set.records.iter().map(
-                            |r| {
-                                if i == 0 { Rr::at_qname(r) } else { Rr::own(r) }
-                            },
-                        ),
-                    );
-                    s.additional.extend(set.additional.iter().map(Rr::own));
+                for (i, link) in sets.iter().enumerate() {
+                    s.answer
+                        .extend(link.set.records.iter().map(|r| chain_rr(i, link, r)));
+                    s.additional.extend(link.set.additional.iter().map(Rr::own));
                 }
             }
             Lookup::Partial { chain, nxdomain } => {
-                for (i, set) in chain.iter().enumerate() {
-                    s.answer.extend(
-                        set.records.iter().map(
-                            |r| {
-                                if i == 0 { Rr::at_qname(r) } else { Rr::own(r) }
-                            },
-                        ),
-                    );
+                for (i, link) in chain.iter().enumerate() {
+                    s.answer
+                        .extend(link.set.records.iter().map(|r| chain_rr(i, link, r)));
                 }
                 if nxdomain {
                     h.rcode = rcode::NXDOMAIN;
@@ -411,6 +401,7 @@ impl Handler {
                 at_qname: true,
                 ttl: sel.ttl,
                 apex: None,
+                owner: None,
             }));
         }
         finish(out, h, qraw, s, opt, limit, false)
@@ -491,6 +482,7 @@ impl Handler {
                 at_qname: true,
                 ttl: 0,
                 apex: None,
+                owner: None,
             }));
         }
         finish(out, h, qraw, s, opt, limit, false)
@@ -522,6 +514,18 @@ fn log_query(q: &Query<'_>, src: SocketAddr, transport: Transport, code: u16, ou
 
 fn elapsed_ns(started: std::time::Instant) -> u64 {
     u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A record of link `i` of an answer or CNAME chain: the first link is owned by the query
+/// name — also when synthesized from a wildcard, so the client's spelling (0x20) comes back
+/// byte for byte and two names matching one wildcard never share an owner — and later links
+/// by their own names, or by the CNAME target they were synthesized for.
+fn chain_rr<'a>(i: usize, link: &crate::zone::Link<'a>, r: &'a Record) -> Rr<'a> {
+    match (i, link.owner) {
+        (0, _) => Rr::at_qname(r),
+        (_, Some(owner)) => Rr::at_owner(r, owner),
+        (_, None) => Rr::own(r),
+    }
 }
 
 /// Encodes, degrading gracefully when the answer does not fit.
@@ -677,6 +681,43 @@ mod tests {
         // The cache was really used.
         let hits = cached.metrics.answer_cache_hits.get();
         assert!(hits > 1_000, "{hits} hits of {compared}");
+    }
+
+    /// Answers synthesized from a wildcard (`*.devices.example.test` in the bundled zone) are
+    /// cached per query name: a hit for one name is never served to another name the wildcard
+    /// matches, and each answer is byte for byte the uncached one (owner = the asked name).
+    #[test]
+    fn wildcard_answers_are_cached_per_name() {
+        let (cached, plain, _) = handlers();
+        let src: SocketAddr = ([127, 0, 0, 1], 5000).into();
+        let names = [
+            "a.devices.example.test",
+            "b.devices.example.test",
+            "A.Devices.Example.Test",
+            "x.y.devices.example.test",
+            "b.devices.example.test",
+            "devices.example.test",
+        ];
+        let mut id = 0u16;
+        for round in 0..3 {
+            for name in names {
+                for qtype in [1u16, 28, 5, 255] {
+                    id = id.wrapping_add(1);
+                    let p = query(id, name, qtype, 1, true, false, Some((1232, &[])));
+                    let (mut a, mut b) = (Vec::new(), Vec::new());
+                    assert!(plain.handle(&p, src, Transport::Udp, &mut a));
+                    assert!(cached.handle(&p, src, Transport::Udp, &mut b));
+                    assert_eq!(a, b, "{name} {qtype} round {round}");
+                    if qtype == 1 && name != "devices.example.test" {
+                        // One A record, owned by the question (pointer to offset 12).
+                        assert_eq!(&a[6..8], &[0, 1], "{name}");
+                        let answer = 12 + p.len() - 12 - 11;
+                        assert_eq!(&a[answer..answer + 2], &[0xC0, 0x0C], "{name}");
+                    }
+                }
+            }
+        }
+        assert!(cached.metrics.answer_cache_hits.get() > 40);
     }
 
     /// A reload (a new state) empties the cache: an answer changed by the reload is served

@@ -198,6 +198,20 @@ pub fn load_profiles(
                 continue;
             }
         };
+        // A profile answers one exact name; steering every name a wildcard matches would need
+        // wildcard matching on the routed path, its `_why` names and the answer cache.
+        if owner.iter().any(|l| l == b"*") {
+            cx.err(
+                &span,
+                "name",
+                field("name"),
+                format!(
+                    "{owner} is a wildcard; a traffic profile answers one exact name \
+                     (wildcards are for static records in the zone file)"
+                ),
+            );
+            continue;
+        }
         let owner_wire = wire_lower(&owner);
         if !wire_is_subdomain(&owner_wire, &zone.origin_wire) {
             cx.err(&span, "name", field("name"), "not inside the zone");

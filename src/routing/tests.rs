@@ -2802,3 +2802,23 @@ fn explain_shows_load_and_hysteresis() {
         x.levels[0].decision
     );
 }
+
+#[test]
+fn profile_name_may_not_be_a_wildcard() {
+    for name in ["*", "*.eu", "mqtt.*"] {
+        let got = load_error(
+            &format!("{ZONE}*.w IN A 192.0.2.9\n"),
+            &format!(
+                "[[profile]]\nname = \"{name}\"\nmethod = \"priority\"\n\n[[profile.endpoint]]\n\
+                 name = \"a\"\ntargets = [\"192.0.2.1\"]\n"
+            ),
+        );
+        assert_eq!(
+            got,
+            format!(
+                "zones/t.toml:2: profile[{name}].name: {name}.t. is a wildcard; a traffic profile \
+                 answers one exact name (wildcards are for static records in the zone file)"
+            ),
+        );
+    }
+}

@@ -221,30 +221,62 @@ where
 
 /// Line of the first record line owned by `name` (absolute, or relative to the origin).
 fn owner_line(text: &str, name: &Name, origin: &Name) -> usize {
-    let abs = name.to_ascii().to_ascii_lowercase();
-    let abs_trim = abs.trim_end_matches('.');
-    let origin_s = origin.to_ascii().to_ascii_lowercase();
-    let rel = abs_trim
-        .strip_suffix(origin_s.trim_end_matches('.'))
-        .map(|r| r.trim_end_matches('.'))
-        .filter(|r| !r.is_empty());
+    let is_owner = owner_matcher(name, origin);
     text.lines()
         .position(|l| {
             if l.starts_with(|c: char| c.is_whitespace() || c == ';' || c == '$') {
                 return false;
             }
-            let tok = l
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            let tok = tok.as_str();
-            tok == abs
-                || tok == abs_trim
-                || Some(tok) == rel
-                || (tok == "@" && name.to_lowercase() == origin.to_lowercase())
+            is_owner(l.split_whitespace().next().unwrap_or(""))
         })
         .map_or(0, |i| i + 1)
+}
+
+/// Whether an owner token of the file names `name` (absolute, relative to the origin, or `@`).
+fn owner_matcher(name: &Name, origin: &Name) -> impl Fn(&str) -> bool {
+    let abs = name.to_ascii().to_ascii_lowercase();
+    let abs_trim = abs.trim_end_matches('.').to_string();
+    let origin_s = origin.to_ascii().to_ascii_lowercase();
+    let rel = abs_trim
+        .strip_suffix(origin_s.trim_end_matches('.'))
+        .map(|r| r.trim_end_matches('.').to_string())
+        .filter(|r| !r.is_empty());
+    let at_apex = name.to_lowercase() == origin.to_lowercase();
+    move |tok: &str| {
+        let tok = tok.to_ascii_lowercase();
+        tok == abs || tok == abs_trim || Some(&tok) == rel.as_ref() || (tok == "@" && at_apex)
+    }
+}
+
+/// Line of the first record of type `rtype` owned by `name`, following the master-file rule
+/// that a line starting with a blank continues the previous owner; [`owner_line`] when no line
+/// is recognised (the type is looked for after the optional TTL and class, so a record split
+/// over lines by parentheses is still found by its first line).
+fn record_line(text: &str, name: &Name, origin: &Name, rtype: RecordType) -> usize {
+    let is_owner = owner_matcher(name, origin);
+    let mnemonic = rtype.to_string();
+    let mut owned = false;
+    for (i, line) in text.lines().enumerate() {
+        let content = line.split(';').next().unwrap_or("");
+        if content.trim().is_empty() || content.starts_with('$') {
+            continue;
+        }
+        let mut tokens = content.split_whitespace();
+        if !content.starts_with(char::is_whitespace) {
+            owned = is_owner(tokens.next().unwrap_or(""));
+        }
+        if !owned {
+            continue;
+        }
+        let rr_type = tokens.find(|t| {
+            !t.starts_with(|c: char| c.is_ascii_digit())
+                && !["IN", "CH", "HS", "CS"].contains(&t.to_ascii_uppercase().as_str())
+        });
+        if rr_type.is_some_and(|t| t.eq_ignore_ascii_case(&mnemonic)) {
+            return i + 1;
+        }
+    }
+    owner_line(text, name, origin)
 }
 
 /// Additional records computed for one RRset: (owner, index in the node, records).
@@ -280,11 +312,25 @@ fn build_zone(
             ));
             continue;
         }
-        if name.is_wildcard() {
+        // RFC 4592: only a leftmost `*` makes a wildcard; elsewhere it would be a literal label
+        // that nobody means and every reader misreads, so it is refused.
+        if name.iter().skip(1).any(|l| l == b"*") {
             errors.push(err(
                 name,
                 Some(rtype),
-                "wildcard owner names are not supported".to_string(),
+                "`*` is only allowed as the first label (a wildcard, RFC 4592)".to_string(),
+            ));
+            continue;
+        }
+        // A wildcard is a source of synthesis, never a zone's apex data or a delegation: NS at
+        // `*.x` would make every missing name below `x` a zone cut (RFC 4592 §4.2), an SOA
+        // there an apex.
+        if name.is_wildcard() && matches!(rtype, RecordType::SOA | RecordType::NS) {
+            errors.push(ConfigError::new(
+                path,
+                record_line(text, name, &origin, rtype),
+                format!("{name} {rtype}"),
+                format!("{rtype} at a wildcard owner: wildcards cannot own SOA or NS"),
             ));
             continue;
         }
@@ -436,6 +482,7 @@ fn build_zone(
     let mut negative_soa = soa.clone();
     negative_soa.ttl = negative_ttl;
     let has_cuts = nodes.values().any(|n| n.cut);
+    let has_wildcards = nodes.keys().any(|k| k.starts_with(b"\x01*"));
     let negative_soa_wire = crate::wire::ApexRr::soa(&negative_soa, &origin_wire);
     Ok(Zone {
         negative_soa_wire,
@@ -446,6 +493,7 @@ fn build_zone(
         negative_soa,
         nodes,
         has_cuts,
+        has_wildcards,
         file: path.to_path_buf(),
         queries: Default::default(),
     })
@@ -585,6 +633,42 @@ mod tests {
         let c = wire_lower(&Name::from_ascii("c.t.").unwrap());
         assert!(z.nodes.get(&b).is_some_and(|n| n.rrsets.is_empty()));
         assert!(z.nodes.contains_key(&c));
+    }
+
+    #[test]
+    fn wildcards_load_but_not_with_soa_or_ns_nor_a_star_inside() {
+        let z = load(&format!("{GOOD}*.w IN A 192.0.2.5\n* IN TXT \"any\"\n")).unwrap();
+        assert!(z.has_wildcards);
+        assert!(!load(GOOD).unwrap().has_wildcards);
+        // The wildcard's parent is an empty non-terminal (a closest encloser).
+        let w = wire_lower(&Name::from_ascii("w.t.").unwrap());
+        assert!(z.nodes.get(&w).is_some_and(|n| n.rrsets.is_empty()));
+        for (extra, want) in [
+            (
+                "x IN A 192.0.2.5\n* IN NS ns.t.\n",
+                "zones/t.zone:7: *.t. NS: NS at a wildcard owner",
+            ),
+            // A continuation line is found as the record's line, not the owner's first.
+            (
+                "*.w IN A 192.0.2.5\n    IN NS ns.t.\n",
+                "zones/t.zone:7: *.w.t. NS: NS at a wildcard owner",
+            ),
+            (
+                "* 60 IN SOA ns. h. 1 2 3 4 30\n",
+                "zones/t.zone:6: *.t. SOA: SOA at a wildcard owner",
+            ),
+            (
+                "a.*.w IN A 192.0.2.5\n",
+                "zones/t.zone:6: a.*.w.t. A: `*` is only allowed as the first label",
+            ),
+            (
+                "*.*.w IN A 192.0.2.5\n",
+                "zones/t.zone:6: *.*.w.t. A: `*` is only allowed as the first label",
+            ),
+        ] {
+            let e = load(&format!("{GOOD}{extra}")).unwrap_err().to_string();
+            assert!(e.contains(want), "{extra:?}: {e}");
+        }
     }
 
     #[test]

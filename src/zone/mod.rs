@@ -6,8 +6,11 @@
 //! string — without allocating.
 //!
 //! Supported: any record type hickory parses, empty non-terminals, in-zone CNAME chains,
-//! delegations (referrals with glue), additional-section addresses for NS/MX/SRV targets.
-//! Not supported (rejected at load with a clear error): wildcard owners, SOA below the apex.
+//! delegations (referrals with glue), additional-section addresses for NS/MX/SRV targets, and
+//! wildcards (RFC 4592): `*.x` answers a name below `x` that does not exist when `x` is that
+//! name's closest encloser (its nearest existing ancestor), owned by the query name.
+//! Rejected at load with a clear error: SOA below the apex, SOA or NS at a wildcard owner, `*`
+//! as any label but the first.
 
 mod load;
 
@@ -16,7 +19,7 @@ pub use load::{load_dir, load_zone_text};
 use std::path::PathBuf;
 
 use crate::wire::{QName, wire_is_subdomain};
-use hickory_server::proto::rr::{Name, Record, RecordType};
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 
 /// One RRset as served, with everything an answer needs precomputed.
 #[derive(Debug, Clone)]
@@ -66,20 +69,40 @@ pub struct Zone {
     pub nodes: crate::base::FastMap<Box<[u8]>, Node>,
     /// Whether any node is a zone cut (skips the ancestor walk for the common case).
     pub has_cuts: bool,
+    /// Whether any owner is a wildcard (skips the closest-encloser walk of NXDOMAIN answers).
+    pub has_wildcards: bool,
     /// File it came from.
     pub file: PathBuf,
     /// Queries answered from this zone since it was loaded.
     pub queries: std::sync::Arc<crate::base::Counter>,
 }
 
+/// One RRset of an answer or CNAME chain.
+#[derive(Debug, Clone, Copy)]
+pub struct Link<'z> {
+    /// The RRset as stored in the zone.
+    pub set: &'z RrSet,
+    /// The owner to answer it at when that is not its records' own name: the CNAME target
+    /// (the CNAME's RDATA name) of a chain link synthesized from a wildcard. The first link is
+    /// always answered at the query name, so this is `None` there.
+    pub owner: Option<&'z Name>,
+}
+
+impl<'z> Link<'z> {
+    fn own(set: &'z RrSet) -> Self {
+        Self { set, owner: None }
+    }
+}
+
 /// The RRsets of an answer or CNAME chain, inline up to four (no allocation per query).
-pub type RrSets<'z> = smallvec::SmallVec<[&'z RrSet; 4]>;
+pub type RrSets<'z> = smallvec::SmallVec<[Link<'z>; 4]>;
 
 /// The outcome of looking a name up in a zone. Borrowed from the zone: nothing is copied.
 #[derive(Debug)]
 pub enum Lookup<'z> {
-    /// Data found: the answer RRsets in order. The first is owned by the query name; the rest
-    /// (a CNAME chain) by their records' own names.
+    /// Data found: the answer RRsets in order. The first is owned by the query name (also
+    /// when synthesized from a wildcard); the rest (a CNAME chain) by their records' own names
+    /// or, synthesized, by [`Link::owner`].
     Answer(RrSets<'z>),
     /// CNAME chain that ended in NXDOMAIN or NODATA inside the zone (RFC 6604 rcode rules).
     Partial {
@@ -103,12 +126,21 @@ const MAX_CNAME_CHAIN: usize = 8;
 
 impl Zone {
     /// Looks up `qname` (which must be at or below the apex) for `qtype`.
+    ///
+    /// A name that does not exist is answered from the wildcard of its closest encloser, if
+    /// there is one (RFC 4592 §3.3.1). Referrals are found first, so a name below a zone cut
+    /// is never synthesized; existing names, including empty non-terminals, are never
+    /// synthesized either (they are the closest encloser of their own name).
     pub fn lookup(&self, qname: &QName, qtype: RecordType) -> Lookup<'_> {
         if let Some(cut) = self.find_cut(qname, qtype) {
             return Lookup::Referral(cut);
         }
-        let Some(node) = self.nodes.get(qname.lower()) else {
-            return Lookup::NxDomain;
+        let node = match self.nodes.get(qname.lower()) {
+            Some(node) => node,
+            None => match self.wildcard_for(qname.lower()) {
+                Some(source) => source,
+                None => return Lookup::NxDomain,
+            },
         };
         if qtype == RecordType::ANY {
             return if node.rrsets.is_empty() {
@@ -118,7 +150,7 @@ impl Zone {
             };
         }
         if let Some(set) = node.get(qtype) {
-            return Lookup::Answer(smallvec::smallvec![set]);
+            return Lookup::Answer(smallvec::smallvec![Link::own(set)]);
         }
         let Some(cname) = node.get(RecordType::CNAME) else {
             return Lookup::NoData;
@@ -126,9 +158,41 @@ impl Zone {
         self.chase(cname, qtype)
     }
 
-    /// Follows a CNAME chain inside this zone.
+    /// The source of synthesis for `name` (lower-cased wire form, at or below the apex, not a
+    /// node of the zone): the wildcard `*.<closest encloser>`, if it exists.
+    ///
+    /// The closest encloser is the nearest ancestor that exists; every ancestor of an owner
+    /// exists (empty non-terminals are nodes), so the walk stops at the apex at the latest.
+    /// Only that one wildcard is a candidate: a wildcard higher up is blocked by the existing
+    /// name in between (RFC 4592 §2.2.1), which makes the name NXDOMAIN.
+    fn wildcard_for(&self, name: &[u8]) -> Option<&Node> {
+        if !self.has_wildcards {
+            return None;
+        }
+        let mut off = 0;
+        while off < name.len() && name[off] != 0 {
+            off += 1 + usize::from(name[off]);
+            let ancestor = name.get(off..)?;
+            if ancestor.len() < self.origin_wire.len() {
+                return None;
+            }
+            if self.nodes.contains_key(ancestor) {
+                // `*.<ancestor>` in a stack buffer: wire names are at most 255 bytes.
+                let mut buf = [0u8; 2 + 255];
+                let star = buf.get_mut(..2 + ancestor.len())?;
+                star[0] = 1;
+                star[1] = b'*';
+                star[2..].copy_from_slice(ancestor);
+                return self.nodes.get(&*star);
+            }
+        }
+        None
+    }
+
+    /// Follows a CNAME chain inside this zone. Targets that do not exist are synthesized from
+    /// a wildcard like query names are; such a link is answered at the target name.
     fn chase<'z>(&'z self, first: &'z RrSet, qtype: RecordType) -> Lookup<'z> {
-        let mut chain: RrSets<'z> = smallvec::smallvec![first];
+        let mut chain: RrSets<'z> = smallvec::smallvec![Link::own(first)];
         let mut current = first;
         for _ in 0..MAX_CNAME_CHAIN {
             let Some(target) = current.cname_target.as_deref() else {
@@ -137,19 +201,26 @@ impl Zone {
             if !wire_is_subdomain(target, &self.origin_wire) || self.target_below_cut(target) {
                 break; // out of zone or delegated: the resolver follows it
             }
-            let Some(node) = self.nodes.get(target) else {
-                return Lookup::Partial {
-                    chain,
-                    nxdomain: true,
-                };
+            let (node, owner) = match self.nodes.get(target) {
+                Some(node) => (node, None),
+                None => match self.wildcard_for(target) {
+                    Some(source) => (source, cname_target_name(current)),
+                    None => {
+                        return Lookup::Partial {
+                            chain,
+                            nxdomain: true,
+                        };
+                    }
+                },
             };
             if let Some(set) = node.get(qtype) {
-                chain.push(set);
+                chain.push(Link { set, owner });
                 return Lookup::Answer(chain);
             }
             match node.get(RecordType::CNAME) {
-                Some(next) if !chain.iter().any(|s| std::ptr::eq(*s, next)) => {
-                    chain.push(next);
+                // A wildcard CNAME met again leads to the same target again: a loop too.
+                Some(next) if !chain.iter().any(|l| std::ptr::eq(l.set, next)) => {
+                    chain.push(Link { set: next, owner });
                     current = next;
                 }
                 Some(_) => break, // loop
@@ -162,6 +233,27 @@ impl Zone {
             }
         }
         Lookup::Answer(chain)
+    }
+
+    /// Makes `owner` (lower-cased wire form, at or below the apex) and its ancestors exist
+    /// without data, for a name answered by a traffic profile rather than by zone records: it
+    /// is then a closest encloser like any other owner, so a wildcard above it does not answer
+    /// names below it (RFC 4592 §2.2.1), and its ancestors are empty non-terminals.
+    pub fn add_steered_name(&mut self, owner: &[u8]) {
+        if !wire_is_subdomain(owner, &self.origin_wire) {
+            return;
+        }
+        let mut off = 0;
+        while off < owner.len() && owner[off] != 0 {
+            let Some(name) = owner.get(off..) else {
+                return;
+            };
+            if name.len() <= self.origin_wire.len() {
+                return;
+            }
+            self.nodes.entry(name.into()).or_default();
+            off += 1 + usize::from(owner[off]);
+        }
     }
 
     /// The topmost zone cut at or above `qname` (below the apex), unless the query is a DS
@@ -198,6 +290,14 @@ impl Zone {
             off += 1 + target[off] as usize;
         }
         false
+    }
+}
+
+/// The target name of a CNAME RRset, as loaded.
+fn cname_target_name(set: &RrSet) -> Option<&Name> {
+    match set.records.first().map(|r| &r.data) {
+        Some(RData::CNAME(c)) => Some(&c.0),
+        _ => None,
     }
 }
 
