@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 
 use crate::base::Counter;
 use crate::health::{HealthSnapshot, MonitorState};
+use crate::routing::effective::Viewer;
 use crate::state::State;
 
 /// Answer-latency histogram bucket bounds, µs. Static answers take a few µs; the top buckets
@@ -241,26 +242,22 @@ impl Metrics {
         }
 
         // One group per metric family, HELP/TYPE first (the text format asks for it).
-        let mut keys: Vec<_> = health.details.keys().collect();
-        keys.sort();
-        let rows: Vec<(
+        // States by the one rule (routing::effective), as seen by everyone (unscoped forces).
+        let mut rows: Vec<(
             &std::sync::Arc<str>,
             &crate::health::EndpointStatus,
             MonitorState,
-        )> = keys
-            .into_iter()
-            .map(|k| {
-                let h = health.get(k);
-                let state = match (&h.forced, h.state) {
-                    (Some(f), _) if f.scope.is_empty() => match f.action {
-                        crate::health::ForceAction::Down => MonitorState::ForcedDown,
-                        crate::health::ForceAction::Up => MonitorState::ForcedUp,
-                    },
-                    (_, s) => s,
-                };
-                (k, &health.details[k], state)
+        )> = state
+            .routing
+            .endpoints()
+            .filter_map(|(_, e)| {
+                let (key, detail) = health.details.get_key_value(&e.key)?;
+                let s = state.routing.effective_state(e, health, Viewer::Everyone);
+                Some((key, detail, s))
             })
             .collect();
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        rows.dedup_by(|a, b| a.0 == b.0);
         help(
             &mut o,
             "geosteer_endpoint_up",
@@ -396,5 +393,74 @@ impl Metrics {
             self.reload_errors.get()
         );
         o
+    }
+}
+
+#[cfg(test)]
+mod effective_tests {
+    use super::*;
+    use crate::health::{EndpointHealth, EndpointStatus};
+    use crate::routing::RoutingTable;
+
+    fn effective_table() -> RoutingTable {
+        let text = "[[profile]]\nname = \"child\"\nmethod = \"priority\"\n[[profile.endpoint]]\nname = \"a\"\ntargets = [\"192.0.2.11\"]\n[[profile.endpoint]]\nname = \"b\"\ntargets = [\"192.0.2.12\"]\n[[profile]]\nname = \"top\"\nmethod = \"priority\"\n[[profile.endpoint]]\nname = \"leaf\"\ntargets = [\"192.0.2.1\"]\n[[profile.endpoint]]\nname = \"leaf-off\"\ntargets = [\"192.0.2.2\"]\nenabled = false\n[[profile.endpoint]]\nname = \"nest\"\nprofile = \"child\"\nmin_child_endpoints = 1\n";
+        let zone = crate::zone::load_zone_text(
+            std::path::Path::new("zones/t.zone"),
+            "$ORIGIN t.\n$TTL 60\n@ IN SOA ns.t. h.t. 1 2 3 4 30\n@ IN NS ns.t.\nns IN A 192.0.2.1\n",
+        )
+        .unwrap();
+        let cat = crate::geo::Catalogue::load(None).unwrap();
+        let mut p = crate::routing::profile::load_profiles(
+            &zone,
+            std::path::Path::new("zones/t.toml"),
+            text,
+            &cat,
+            0,
+        )
+        .unwrap();
+        crate::routing::profile::compute_capabilities(&mut p);
+        RoutingTable::new(p, Default::default(), Default::default())
+    }
+
+    /// Metrics read the same rule: a nested endpoint whose children are all down is Degraded
+    /// there too, and a disabled endpoint is Disabled even when forced up.
+    #[test]
+    fn metrics_agree_with_routing() {
+        let t = effective_table();
+        let mut h = HealthSnapshot::default();
+        for k in ["child.t./a", "child.t./b"] {
+            h.set(
+                k,
+                EndpointHealth {
+                    state: MonitorState::Degraded,
+                    ..Default::default()
+                },
+            );
+        }
+        let mut forced_up = h.get("top.t./leaf-off").clone();
+        forced_up.forced = Some(std::sync::Arc::new(crate::health::Force {
+            action: crate::health::ForceAction::Up,
+            scope: vec![],
+            reason: "test".into(),
+            until: None,
+        }));
+        h.set("top.t./leaf-off", forced_up);
+        for (_, e) in t.endpoints() {
+            h.details.insert(e.key.clone(), EndpointStatus::default());
+        }
+        let state = State {
+            routing: t,
+            ..Default::default()
+        };
+        let text = Metrics::default().render(&state, &h);
+        for (key, want) in [
+            ("top.t./nest", "Degraded"),
+            ("top.t./leaf-off", "Disabled"),
+            ("child.t./a", "Degraded"),
+            ("top.t./leaf", "CheckingEndpoint"),
+        ] {
+            let line = format!("geosteer_endpoint_state{{endpoint=\"{key}\",state=\"{want}\"}} 1");
+            assert!(text.contains(&line), "{line} missing in\n{text}");
+        }
     }
 }

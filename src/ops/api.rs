@@ -24,6 +24,7 @@ use super::drill::DrillRequest;
 use crate::geo::GeoPoint;
 use crate::health::{ForceAction, ForceTarget, MonitorState};
 use crate::locate::Location;
+use crate::routing::effective::Viewer;
 use crate::routing::{Client, Family, Method, Target};
 
 /// Largest request body accepted (drill and force requests are tiny).
@@ -189,18 +190,7 @@ async fn status(AxState(c): AxState<Shared>) -> Response {
                 .map(|e| {
                     let h = health.get(&e.key);
                     let d = health.details.get(&e.key);
-                    let state = if !e.enabled {
-                        MonitorState::Disabled
-                    } else {
-                        match (&h.forced, matches!(e.target, Target::Nested(_))) {
-                            (Some(f), _) if f.scope.is_empty() => match f.action {
-                                ForceAction::Down => MonitorState::ForcedDown,
-                                ForceAction::Up => MonitorState::ForcedUp,
-                            },
-                            (_, true) => MonitorState::Online,
-                            _ => h.state,
-                        }
-                    };
+                    let state = st.routing.effective_state(e, &health, Viewer::Everyone);
                     EndpointView {
                         name: e.name.clone(),
                         key: e.key.to_string(),
@@ -331,13 +321,13 @@ async fn map_data(AxState(c): AxState<Shared>, Query(q): Query<MapQuery>) -> Res
         .iter()
         .map(|e| {
             let h = health.get(&e.key);
-            let forced_down = h.forced.as_ref().is_some_and(|f| f.action == ForceAction::Down && f.scope.is_empty());
+            let state = table.effective_state(e, &health, Viewer::Everyone);
             json!({
                 "name": e.name,
                 "region": e.region,
                 "location": e.point,
-                "state": if forced_down { MonitorState::ForcedDown } else if !e.enabled { MonitorState::Disabled } else if matches!(e.target, Target::Nested(_)) { MonitorState::Online } else { h.state },
-                "served": !forced_down && e.enabled && h.state.serves(),
+                "state": state,
+                "served": state.serves(),
                 "rtt_ms": h.rtt_ms,
             })
         })

@@ -15,6 +15,7 @@
 //! pick different regions when their endpoint sets differ. A CNAME query is answered only when
 //! the decision lands on a hostname endpoint.
 
+pub mod effective;
 pub mod model;
 pub mod profile;
 
@@ -438,7 +439,8 @@ impl RoutingTable {
         sel
     }
 
-    /// Monitor state of an endpoint as routing sees it.
+    /// Monitor state of an endpoint as routing sees it for `client`: the one rule of
+    /// [`effective`].
     fn state(
         &self,
         ep: &Endpoint,
@@ -446,40 +448,7 @@ impl RoutingTable {
         client: &Client,
         depth: usize,
     ) -> MonitorState {
-        if !ep.enabled {
-            return MonitorState::Disabled;
-        }
-        let h = health.get(&ep.key);
-        if let Some(f) = &h.forced
-            && f.applies_to(client.loc.addr)
-        {
-            return match f.action {
-                crate::health::ForceAction::Down => MonitorState::ForcedDown,
-                crate::health::ForceAction::Up => MonitorState::ForcedUp,
-            };
-        }
-        match &ep.target {
-            Target::Nested(c) => {
-                if depth >= MAX_DEPTH {
-                    return MonitorState::Degraded;
-                }
-                let child = &self.profiles[*c];
-                let (mut all, mut v4, mut v6) = (0, 0, 0);
-                for e in &child.endpoints {
-                    if self.state(e, health, client, depth + 1).serves() {
-                        all += 1;
-                        v4 += usize::from(self.eligible(e, Family::V4));
-                        v6 += usize::from(self.eligible(e, Family::V6));
-                    }
-                }
-                if all >= ep.min_child && v4 >= ep.min_child_v4 && v6 >= ep.min_child_v6 {
-                    MonitorState::Online
-                } else {
-                    MonitorState::Degraded
-                }
-            }
-            _ => h.state,
-        }
+        self.effective_state_at(ep, health, effective::Viewer::of(client.loc.addr), depth)
     }
 
     fn eligible(&self, ep: &Endpoint, family: Family) -> bool {
