@@ -117,7 +117,7 @@ mod tests {
 
     use super::*;
     use crate::geo::Catalogue;
-    use crate::health::{EndpointHealth, EndpointStatus, Force};
+    use crate::health::{EndpointHealth, Force};
     use crate::locate::Location;
     use crate::routing::model::Model;
     use crate::routing::profile::{compute_capabilities, load_profiles};
