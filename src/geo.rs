@@ -91,8 +91,11 @@ impl Catalogue {
         let mut cat = Self::default();
         cat.add(Path::new("<embedded geo/regions.toml>"), EMBEDDED_REGIONS)?;
         if let Some(p) = extra {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| ConfigError::file(p, format!("cannot read region catalogue: {e}")))?;
+            let text =
+                crate::config::file::read_regular_text(p, crate::config::file::MAX_CONFIG_BYTES)
+                    .map_err(|e| {
+                        ConfigError::file(p, format!("cannot read region catalogue: {e}"))
+                    })?;
             cat.add(p, &text)?;
         }
         Ok(cat)
