@@ -514,6 +514,14 @@ impl Config {
                 )),
             }
         }
+        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            errors.push(ConfigError::new(
+                file,
+                at("token"),
+                "admin.token",
+                "shorter than 16 characters",
+            ));
+        }
         if raw.rrl.ipv4_prefix > 32 || raw.rrl.ipv6_prefix > 128 {
             errors.push(ConfigError::new(
                 file,
