@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Config, ConfigErrors};
+use crate::base::ConfigErrors;
+use crate::config::Config;
 use crate::dns::Handler;
 use crate::dns::server::{self, TcpLimits};
 use crate::health::HealthSnapshot;

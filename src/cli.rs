@@ -28,7 +28,22 @@ impl ApiTarget {
         api: Option<String>,
         token: Option<String>,
     ) -> Result<Self, String> {
-        let token = token.or_else(|| std::env::var("GEOSTEER_TOKEN").ok());
+        let token = match token {
+            Some(t) => Some(("--token", t)),
+            None => std::env::var("GEOSTEER_TOKEN")
+                .ok()
+                .map(|t| ("GEOSTEER_TOKEN", t)),
+        };
+        // The shipped placeholder (or any) is refused here as the server refuses it in its
+        // configuration: sending it would only fail with 401, less clearly.
+        if let Some((source, t)) = &token
+            && let Some(word) = crate::config::placeholder(t)
+        {
+            return Err(format!(
+                "{source}: {word:?} is a placeholder, not a token; use the server's token"
+            ));
+        }
+        let token = token.map(|(_, t)| t);
         if let Some(base) = api {
             // The token may still come from the configuration.
             let token = token.or_else(|| Config::load(config).ok().and_then(|c| c.admin_token));
@@ -137,8 +152,13 @@ pub fn force(t: &ApiTarget, body: Value) -> Result<String, String> {
     ))
 }
 
-/// `geosteer reload`.
-pub fn reload(t: &ApiTarget) -> Result<String, String> {
-    let v = t.call("POST", "/api/reload", None)?;
+/// `geosteer reload [--allow-removal]`.
+pub fn reload(t: &ApiTarget, allow_removal: bool) -> Result<String, String> {
+    let path = if allow_removal {
+        "/api/reload?allow_removal=true"
+    } else {
+        "/api/reload"
+    };
+    let v = t.call("POST", path, None)?;
     Ok(format!("reloaded: generation {}\n", v["generation"]))
 }

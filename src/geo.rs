@@ -91,7 +91,7 @@ impl Catalogue {
         let mut cat = Self::default();
         cat.add(Path::new("<embedded geo/regions.toml>"), EMBEDDED_REGIONS)?;
         if let Some(p) = extra {
-            let text = std::fs::read_to_string(p)
+            let text = crate::base::file::read_regular_text(p, crate::base::file::MAX_CONFIG_BYTES)
                 .map_err(|e| ConfigError::file(p, format!("cannot read region catalogue: {e}")))?;
             cat.add(p, &text)?;
         }

@@ -63,6 +63,10 @@ enum Command {
     },
     /// Ask a running geosteer to reload its configuration (like SIGHUP).
     Reload {
+        /// Apply the reload even if it removes every zone or every traffic profile served now
+        /// (refused otherwise, as almost always a mistake).
+        #[arg(long)]
+        allow_removal: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -288,7 +292,7 @@ fn main() -> ExitCode {
             }
             api_call(api, |t| cli::force(t, body))
         }
-        Command::Reload { api } => api_call(api, cli::reload),
+        Command::Reload { allow_removal, api } => api_call(api, |t| cli::reload(t, allow_removal)),
         Command::Serve { config } => {
             let loaded = match app::load(config.as_deref()) {
                 Ok(l) => l,

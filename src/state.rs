@@ -96,20 +96,30 @@ pub fn build(config: &Config) -> Result<State, ConfigErrors> {
     let mut profiles = Vec::new();
     for z in &zones {
         let path = z.file.with_extension("toml");
-        if !path.is_file() {
+        // No profile file: a static zone. Anything else at that name must be a readable,
+        // non-empty profile file: a FIFO, a dangling symlink or an empty file is an error, not
+        // a zone whose steered names silently turn into NXDOMAIN.
+        if std::fs::symlink_metadata(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
             continue;
         }
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                errors.push(ConfigError::file(
-                    &path,
-                    format!("cannot read profiles: {e}"),
-                ));
-                continue;
-            }
-        };
+        let text =
+            match crate::base::file::read_regular_text(&path, crate::base::file::MAX_PROFILE_BYTES)
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(ConfigError::file(
+                        &path,
+                        format!("cannot read profiles: {e}"),
+                    ));
+                    continue;
+                }
+            };
         match profile::load_profiles(z, &path, &text, &catalogue, profiles.len()) {
+            Ok(p) if p.is_empty() => errors.push(ConfigError::file(
+                &path,
+                "no [[profile]] in this file (remove the file if the zone has no steered names)",
+            )),
             Ok(mut p) => profiles.append(&mut p),
             Err(mut e) => errors.append(&mut e.0),
         }

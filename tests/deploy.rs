@@ -1309,6 +1309,22 @@ fn the_configmap_configuration_passes_geosteer_check_as_mounted() {
         }
 
         std::fs::write(&config_path, rebase(&text, root.path(), &mounts)).unwrap();
+        // As shipped, the Secret holds a placeholder token: refused, naming where it came from.
+        let (code, _, stderr) = check(&config_path);
+        assert_eq!(
+            code, 64,
+            "{n}: the placeholder token must be refused:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("admin.token_file:") && stderr.contains("placeholder"),
+            "{n}: {stderr}"
+        );
+        // Replaced as deploy/README.md says (a random token), the configuration passes.
+        std::fs::write(
+            root.path().join("run/secrets/geosteer/admin-token"),
+            "3f5e0c1a9b7d2e4f6a8c0b1d3e5f7a9c\n",
+        )
+        .unwrap();
         let (code, stdout, stderr) = check(&config_path);
         assert_eq!(code, 0, "{n}: geosteer check:\n{stdout}{stderr}");
         assert!(stdout.contains(": ok ("), "{n}: {stdout}");

@@ -10,6 +10,7 @@ mod clock;
 mod counter;
 pub mod de;
 pub mod diag;
+pub mod file;
 
 pub use clock::Clock;
 pub use counter::Counter;

@@ -8,11 +8,10 @@
 //! The file at the repository root, `geosteer.toml`, is compiled into the binary and used when
 //! no `--config` is given, so a fresh clone runs with `cargo run --release -- serve`.
 
-pub use crate::base::{ConfigError, ConfigErrors, line_of_offset};
-
 use std::net::SocketAddr;
 
-use crate::base::de;
+pub use crate::base::line_of_offset;
+use crate::base::{ConfigError, ConfigErrors, de, file};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -89,6 +88,8 @@ struct RawAdmin {
     drill_samples: Vec<ipnet::IpNet>,
     #[serde(with = "de::duration")]
     reload_poll: Duration,
+    #[serde(with = "de::duration")]
+    reload_timeout: Duration,
     query_log_sample: f64,
 }
 
@@ -105,6 +106,7 @@ impl Default for RawAdmin {
             ],
             drill_samples: Vec::new(),
             reload_poll: Duration::from_secs(1),
+            reload_timeout: Duration::from_secs(60),
             query_log_sample: 0.0,
         }
     }
@@ -323,6 +325,9 @@ pub struct Config {
     pub drill_samples: Vec<ipnet::IpNet>,
     /// How often watched files are checked for changes; zero = only SIGHUP and the API.
     pub reload_poll: Duration,
+    /// Longest a reload may spend reading and validating files before it is abandoned and
+    /// reported as failed (the old state keeps serving; see `ops::control`).
+    pub reload_timeout: Duration,
     /// Fraction of queries logged as JSON lines (0 = none, 1 = all).
     pub query_log_sample: f64,
     /// Every file this configuration was built from (watched for changes).
@@ -340,7 +345,7 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigErrors> {
         match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
+                let text = file::read_regular_text(p, file::MAX_CONFIG_BYTES)
                     .map_err(|e| ConfigError::file(p, format!("cannot read configuration: {e}")))?;
                 let base = p.parent().map(Path::to_path_buf).unwrap_or_default();
                 Self::parse(p, &text, &base)
@@ -497,24 +502,41 @@ impl Config {
             }
         };
         let mut admin_token = a.token.clone();
+        if let Some(word) = admin_token.as_deref().and_then(placeholder) {
+            errors.push(ConfigError::new(
+                file,
+                at("token"),
+                "admin.token",
+                format!("{word:?}: a placeholder, not a token; {TOKEN_HINT}"),
+            ));
+        }
         if let Some(tf) = &a.token_file {
             let path = base.join(tf);
-            match std::fs::read_to_string(&path) {
-                Ok(t) if !t.trim().is_empty() && admin_token.is_none() => {
-                    admin_token = Some(t.trim().to_string())
-                }
+            match file::read_regular_text(&path, file::MAX_TOKEN_BYTES) {
                 Ok(_) if admin_token.is_some() => errors.push(ConfigError::new(
                     file,
                     at("token_file"),
                     "admin.token_file",
                     "give token or token_file, not both",
                 )),
-                Ok(_) => errors.push(ConfigError::new(
+                Ok(t) if t.trim().is_empty() => errors.push(ConfigError::new(
                     file,
                     at("token_file"),
                     "admin.token_file",
                     format!("{} is empty", path.display()),
                 )),
+                Ok(t) => match placeholder(t.trim()) {
+                    Some(word) => errors.push(ConfigError::new(
+                        file,
+                        at("token_file"),
+                        "admin.token_file",
+                        format!(
+                            "{} holds a placeholder ({word:?}), not a token; {TOKEN_HINT}",
+                            path.display()
+                        ),
+                    )),
+                    None => admin_token = Some(t.trim().to_string()),
+                },
                 Err(e) => errors.push(ConfigError::new(
                     file,
                     at("token_file"),
@@ -537,6 +559,14 @@ impl Config {
                 at("ipv4_prefix"),
                 "rrl.ipv4_prefix",
                 "prefix lengths: ipv4 at most 32, ipv6 at most 128",
+            ));
+        }
+        if a.reload_timeout.is_zero() {
+            errors.push(ConfigError::new(
+                file,
+                at("reload_timeout"),
+                "admin.reload_timeout",
+                "must be longer than 0s",
             ));
         }
         if !(0.0..=1.0).contains(&a.query_log_sample) {
@@ -592,6 +622,7 @@ impl Config {
             why_acl: raw.admin.why_acl.clone(),
             drill_samples: raw.admin.drill_samples.clone(),
             reload_poll: raw.admin.reload_poll,
+            reload_timeout: raw.admin.reload_timeout,
             query_log_sample: raw.admin.query_log_sample,
             rrl: RrlConfig {
                 responses_per_second: if raw.rrl.enabled {
@@ -643,6 +674,35 @@ impl Config {
     }
 }
 
+/// How to make a real token, for messages refusing a placeholder.
+const TOKEN_HINT: &str = "generate one, e.g. with `openssl rand -hex 32`";
+
+/// The placeholder word in an admin token, if it is one: `REPLACE-ME-…` (as in the shipped
+/// Kubernetes Secret), `changeme`, `placeholder`, or a `<…>` template. Such a token is public
+/// (it is in the repository), so accepting it would hand the admin API to anyone who can reach
+/// it; it is refused wherever the token comes from. Random tokens (hex, base64) cannot contain
+/// these words by accident in any realistic case: they need letters outside hex, and a given
+/// 8-letter word turns up in a 32-character base64 token with odds of about 1 in 10^13.
+pub fn placeholder(token: &str) -> Option<&'static str> {
+    let folded: String = token
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_' | ' ' | '.'))
+        .flat_map(char::to_lowercase)
+        .collect();
+    let t = token.trim();
+    if t.starts_with('<') && t.ends_with('>') {
+        return Some("<…>");
+    }
+    [
+        ("replaceme", "REPLACE-ME"),
+        ("changeme", "changeme"),
+        ("placeholder", "placeholder"),
+    ]
+    .into_iter()
+    .find(|(w, _)| folded.contains(w))
+    .map(|(_, shown)| shown)
+}
+
 /// Line of the first `key =` assignment, for errors found after deserialisation.
 fn find_key_line(text: &str, key: &str) -> usize {
     text.lines()
@@ -690,6 +750,32 @@ mod tests {
         let e = parse("[server]\nudp = [\"127.0.0.1\"]\n").unwrap_err();
         let s = e.to_string();
         assert!(s.starts_with("t.toml:2: server.udp:"), "{s}");
+    }
+
+    #[test]
+    fn placeholder_tokens_are_refused_and_random_ones_are_not() {
+        for t in [
+            "REPLACE-ME-with-a-random-token-of-32-characters-or-more",
+            "replace_me_0123456789abcdef",
+            "changeme-changeme-changeme",
+            "<your admin token goes here>",
+            "this-is-a-placeholder-token",
+        ] {
+            assert!(placeholder(t).is_some(), "{t}");
+            let e = parse(&format!("[admin]\ntoken = {t:?}\n")).unwrap_err();
+            assert!(
+                e.to_string().starts_with("t.toml:2: admin.token: ")
+                    && e.to_string().contains("placeholder"),
+                "{e}"
+            );
+        }
+        for t in [
+            "0123456789abcdef0123456789abcdef",
+            "q8Zk1pXo3vY9rT5wL2mN7bC4dF6gH0jA",
+            "test-token-0123456789",
+        ] {
+            assert_eq!(placeholder(t), None, "{t}");
+        }
     }
 
     #[test]

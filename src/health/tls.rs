@@ -117,23 +117,7 @@ const MAX_CA_FILE: u64 = 8 << 20;
 /// Reads a CA file: a regular file of at most [`MAX_CA_FILE`] bytes. `/dev/zero` or a FIFO
 /// would otherwise hang the load (and every reload) or exhaust memory.
 fn read_ca_file(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    let mut pem = Vec::new();
-    file.take(MAX_CA_FILE + 1)
-        .read_to_end(&mut pem)
-        .map_err(|e| e.to_string())?;
-    if pem.len() as u64 > MAX_CA_FILE {
-        return Err(format!(
-            "larger than {} MiB: not a CA file",
-            MAX_CA_FILE >> 20
-        ));
-    }
-    Ok(pem)
+    crate::base::file::read_regular(path, MAX_CA_FILE)
 }
 
 /// The PEM label of a section kind.

@@ -134,6 +134,14 @@ struct Db {
 }
 
 fn open(path: &Path, what: &str) -> Result<Db, ConfigErrors> {
+    // A FIFO would block `open_mmap`'s plain open (and with it every reload) for ever; a
+    // device cannot be mapped usefully. Checked without blocking first; other errors (missing
+    // file, …) are left to the reader, which words them as before.
+    if let Err(e) = crate::base::file::open_regular(path)
+        && e.starts_with("not a regular file")
+    {
+        return Err(ConfigError::file(path, format!("cannot open {what} database: {e}")).into());
+    }
     // SAFETY: the map is read-only and stays valid while the file's inode lives. It must not be
     // modified in place while mapped; updates must replace the file by rename (as
     // `geoipupdate` does, and as the README tells operators), which leaves our mapping intact.

@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::control::{Control, parse_duration};
+use super::control::{Control, ForceError, parse_duration};
 use super::drill::DrillRequest;
 use crate::geo::GeoPoint;
 use crate::health::{ForceAction, ForceTarget, MonitorState};
@@ -440,15 +440,33 @@ async fn force(
     };
     match c.force(target, action, reason, duration, r.scope).await {
         Ok(list) => Json(list).into_response(),
-        Err(e) => error(StatusCode::NOT_FOUND, e),
+        Err(e @ ForceError::Unknown(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        // Not stored, so not applied: the caller must not believe the force is in place.
+        Err(e @ ForceError::NotSaved(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
-async fn reload(AxState(c): AxState<Shared>, headers: HeaderMap) -> Response {
+async fn reload(
+    AxState(c): AxState<Shared>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
     if let Some(resp) = unauthorized(&c, &headers) {
         return resp;
     }
-    match c.reload("admin API").await {
+    // `?allow_removal=true`: the explicit ask for a reload that removes every zone or every
+    // profile (refused otherwise).
+    let allow_removal = match query.as_deref().unwrap_or("") {
+        "" | "allow_removal=false" | "allow_removal=0" => false,
+        "allow_removal" | "allow_removal=true" | "allow_removal=1" => true,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown query {other:?}: the only parameter is allow_removal=true"),
+            );
+        }
+    };
+    match c.reload_with("admin API", allow_removal).await {
         Ok(generation) => Json(json!({ "ok": true, "generation": generation })).into_response(),
         Err(e) => (
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -25,6 +25,26 @@ use crate::state::State;
 const VERIFY_WITHIN: Duration = Duration::from_secs(15);
 /// Poll interval while verifying.
 const VERIFY_EVERY: Duration = Duration::from_millis(20);
+/// Loads abandoned at their deadline that are still running (each holds one OS thread, blocked
+/// in some read). Beyond this many, reloads are refused at once instead of leaking more.
+const MAX_ABANDONED_LOADS: usize = 4;
+
+/// Why a forced-state change was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForceError {
+    /// The target names no endpoint or region that is served.
+    Unknown(String),
+    /// The state file could not be written; the change was rolled back (not applied).
+    NotSaved(String),
+}
+
+impl std::fmt::Display for ForceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unknown(m) | Self::NotSaved(m) => f.write_str(m),
+        }
+    }
+}
 
 /// Outcome of the last reload.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -57,6 +77,10 @@ pub struct Control {
     pub prober: Prober,
     persisted: Mutex<Persisted>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// Serialises state-file writes, and a force's change-write-or-roll-back.
+    save_lock: tokio::sync::Mutex<()>,
+    /// Load threads still running (see [`MAX_ABANDONED_LOADS`]).
+    loads_running: Arc<std::sync::atomic::AtomicUsize>,
     /// Last reload outcome.
     pub reload_status: Mutex<ReloadStatus>,
     drill_stops: Mutex<HashMap<String, Arc<Notify>>>,
@@ -102,6 +126,8 @@ impl Control {
             prober,
             persisted: Mutex::new(persisted),
             reload_lock: tokio::sync::Mutex::new(()),
+            save_lock: tokio::sync::Mutex::new(()),
+            loads_running: Arc::default(),
             reload_status: Mutex::new(ReloadStatus {
                 generation: 1,
                 at_unix: now_unix_f(),
@@ -130,38 +156,72 @@ impl Control {
     }
 
     /// Writes the state file (off the runtime) and hands the forced states to the prober.
+    /// Used by drills, which are verified live: a write error is logged, the drill goes on.
     async fn commit(&self) {
+        let _serial = self.save_lock.lock().await;
+        let forced = {
+            let mut p = self.persisted();
+            p.prune(now_unix());
+            p.forced.clone()
+        };
+        self.prober.set_forced(forced).await;
+        if let Err(e) = self.save().await {
+            error!(error = %e, "forced states will not survive a restart");
+        }
+    }
+
+    /// Writes the current persisted state to the state file (off the runtime). The caller
+    /// holds `save_lock`.
+    async fn save(&self) -> Result<(), String> {
         let (snapshot, path) = {
             let mut p = self.persisted();
             p.prune(now_unix());
             (p.clone(), self.config.load().state_file.clone())
         };
-        self.prober.set_forced(snapshot.forced.clone()).await;
-        let res =
-            tokio::task::spawn_blocking(move || snapshot.save(&path).map_err(|e| (path, e))).await;
-        match res {
-            Ok(Ok(())) => {}
-            Ok(Err((path, e))) => {
-                error!(file = %path.display(), error = %e, "cannot write state file; forced states will not survive a restart")
-            }
-            Err(e) => error!(error = %e, "state file writer failed"),
+        let shown = path.display().to_string();
+        match tokio::task::spawn_blocking(move || snapshot.save(&path)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot write the state file {shown}: {e}")),
+            Err(e) => Err(format!("state file writer failed: {e}")),
         }
+    }
+
+    /// Reloads configuration, zones, profiles and GeoIP databases (see [`Control::reload_with`]);
+    /// a reload that would remove every zone or every profile is refused.
+    pub async fn reload(&self, trigger: &str) -> Result<u64, String> {
+        self.reload_with(trigger, false).await
     }
 
     /// Reloads configuration, zones, profiles and GeoIP databases. Parsing happens off the
     /// runtime; on success the new state replaces the old in one atomic swap (queries in
     /// flight finish on the old one); on failure the old state keeps serving.
-    pub async fn reload(&self, trigger: &str) -> Result<u64, String> {
+    ///
+    /// Loading runs on a thread of its own with a deadline (`[admin] reload_timeout`): files
+    /// are opened without blocking and must be regular, but a read can still hang (a hung
+    /// network mount, a file swapped for a FIFO between check and read). Past the deadline the
+    /// load is abandoned and reported as a failed reload, so the reload lock is released and
+    /// later reloads still run. A plain thread rather than `spawn_blocking`: the runtime waits
+    /// for its blocking pool when it shuts down, so a stuck read there would keep SIGTERM from
+    /// ever exiting.
+    ///
+    /// `allow_removal`: without it, a reload after which none of the zones, or none of the
+    /// traffic profiles, served now would be served any more is refused — that is nearly
+    /// always a mistake (a wrong directory, an emptied or missing file) and would answer every
+    /// name NXDOMAIN or REFUSED.
+    pub async fn reload_with(&self, trigger: &str, allow_removal: bool) -> Result<u64, String> {
         let _one_at_a_time = self.reload_lock.lock().await;
-        let path = self.config_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || -> Result<(Config, State), String> {
-            let config = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
-            let state = crate::state::build(&config).map_err(|e| e.to_string())?;
-            Ok((config, state))
-        })
-        .await
-        .map_err(|e| format!("reload task failed: {e}"))
-        .and_then(|r| r);
+        let loaded = self.load_with_deadline().await.and_then(|(config, state)| {
+            match (
+                allow_removal,
+                removes_everything(&self.state.load(), &state),
+            ) {
+                (false, Some(what)) => Err(format!(
+                    "refused: after this reload {what}; if that is intended, reload with \
+                     `geosteer reload --allow-removal` or `POST /api/reload?allow_removal=true`"
+                )),
+                _ => Ok((config, state)),
+            }
+        });
         let mut status = self
             .reload_status
             .lock()
@@ -209,6 +269,55 @@ impl Control {
         result
     }
 
+    /// Loads configuration and state on a thread of its own, waiting at most
+    /// `[admin] reload_timeout` for it (see [`Control::reload_with`]).
+    async fn load_with_deadline(&self) -> Result<(Config, State), String> {
+        use std::sync::atomic::Ordering;
+        /// Counts a load thread out however it ends.
+        struct Running(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let timeout = self.config.load().reload_timeout;
+        let before = self.loads_running.fetch_add(1, Ordering::SeqCst);
+        let running = Running(self.loads_running.clone());
+        if before >= MAX_ABANDONED_LOADS {
+            return Err(format!(
+                "{before} earlier reloads are still stuck reading files (abandoned after \
+                 reload_timeout); not starting another — fix the file that never finishes \
+                 reading (a hung mount?) or restart geosteer"
+            ));
+        }
+        let path = self.config_path.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("geosteer-reload".into())
+            .spawn(move || {
+                let _running = running;
+                let loaded = Config::load(path.as_deref())
+                    .map_err(|e| e.to_string())
+                    .and_then(|config| {
+                        let state = crate::state::build(&config).map_err(|e| e.to_string())?;
+                        Ok((config, state))
+                    });
+                let _ = tx.send(loaded);
+            });
+        if let Err(e) = spawned {
+            return Err(format!("cannot start the reload thread: {e}"));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(_)) => Err("the reload thread ended without a result".into()),
+            Err(_) => Err(format!(
+                "reading and validating the files took longer than reload_timeout ({}); \
+                 abandoned (is a file on a hung mount, or a pipe?)",
+                humantime::format_duration(timeout)
+            )),
+        }
+    }
+
     /// Resolves a profile reference (owner name or label) and endpoint name to the key.
     fn endpoint_key(&self, profile: &str, endpoint: &str) -> Result<(String, String), String> {
         let state = self.state.load();
@@ -227,6 +336,11 @@ impl Control {
 
     /// Forces an endpoint or a region down/up (replacing an earlier force of the same
     /// target), or lifts it (`action = None`: back to probing).
+    ///
+    /// The change is written to the state file *before* it takes effect: if the write fails,
+    /// the change is rolled back in memory, the prober never sees it, and the caller gets
+    /// [`ForceError::NotSaved`]. A force that only lived in memory would silently vanish at
+    /// the next restart — the operator must know it was not made.
     pub async fn force(
         &self,
         target: ForceTarget,
@@ -234,24 +348,32 @@ impl Control {
         reason: String,
         duration: Option<Duration>,
         scope: Vec<ipnet::IpNet>,
-    ) -> Result<Vec<ForceEntry>, String> {
+    ) -> Result<Vec<ForceEntry>, ForceError> {
         // Validate the target against the current table.
-        let state = self.state.load();
-        let known = state
-            .routing
-            .profiles
-            .iter()
-            .flat_map(|p| &p.endpoints)
-            .any(|e| match &target {
-                ForceTarget::Endpoint(k) => &*e.key == k.as_str(),
-                ForceTarget::Region(r) => e.region.as_deref() == Some(r.as_str()),
-            });
+        let known = {
+            let state = self.state.load();
+            state
+                .routing
+                .profiles
+                .iter()
+                .flat_map(|p| &p.endpoints)
+                .any(|e| match &target {
+                    ForceTarget::Endpoint(k) => &*e.key == k.as_str(),
+                    ForceTarget::Region(r) => e.region.as_deref() == Some(r.as_str()),
+                })
+        };
         if !known {
-            return Err(format!("no endpoint matches {target:?}"));
+            return Err(ForceError::Unknown(format!(
+                "no endpoint matches {target:?}"
+            )));
         }
-        {
+        let _serial = self.save_lock.lock().await;
+        let replaced: Vec<ForceEntry> = {
             let mut p = self.persisted();
-            p.forced.retain(|f| f.target != target || f.drill.is_some());
+            let replaced = p
+                .forced
+                .extract_if(.., |f| f.target == target && f.drill.is_none())
+                .collect();
             if let Some(action) = action {
                 p.forced.push(ForceEntry {
                     target: target.clone(),
@@ -264,10 +386,23 @@ impl Control {
                     drill: None,
                 });
             }
+            replaced
+        };
+        if let Err(e) = self.save().await {
+            {
+                let mut p = self.persisted();
+                p.forced.retain(|f| f.target != target || f.drill.is_some());
+                p.forced.extend(replaced);
+            }
+            error!(?target, ?action, error = %e, "forced state not changed");
+            return Err(ForceError::NotSaved(format!(
+                "{e}; the forced state was not changed (it could not be kept across a restart)"
+            )));
         }
+        let forced = self.forced();
+        self.prober.set_forced(forced.clone()).await;
         info!(?target, ?action, %reason, "forced state changed");
-        self.commit().await;
-        Ok(self.forced())
+        Ok(forced)
     }
 
     fn predicted_handler(&self, key: &str, scope: &[ipnet::IpNet]) -> Handler {
@@ -532,6 +667,48 @@ impl Control {
         }
         self.commit().await;
     }
+}
+
+/// What a reload from `old` to `new` would remove entirely, if it removes every zone or every
+/// traffic profile served now: "no zone served now would be served (example.test.)".
+fn removes_everything(old: &State, new: &State) -> Option<String> {
+    fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+        let names: Vec<&str> = names.collect();
+        let more = names.len().saturating_sub(5);
+        let mut s = names.into_iter().take(5).collect::<Vec<_>>().join(", ");
+        if more > 0 {
+            s.push_str(&format!(" and {more} more"));
+        }
+        s
+    }
+    let old_zones: Vec<String> = old.zones.iter().map(|z| z.origin.to_string()).collect();
+    let new_zones: Vec<String> = new.zones.iter().map(|z| z.origin.to_string()).collect();
+    if !old_zones.is_empty() && !old_zones.iter().any(|z| new_zones.contains(z)) {
+        return Some(format!(
+            "no zone served now would be served ({})",
+            list(old_zones.iter().map(String::as_str))
+        ));
+    }
+    let old_profiles: Vec<String> = old
+        .routing
+        .profiles
+        .iter()
+        .map(|p| p.owner.to_string())
+        .collect();
+    let new_profiles: Vec<String> = new
+        .routing
+        .profiles
+        .iter()
+        .map(|p| p.owner.to_string())
+        .collect();
+    if !old_profiles.is_empty() && !old_profiles.iter().any(|p| new_profiles.contains(p)) {
+        return Some(format!(
+            "no traffic profile served now would be served ({}): their names would answer \
+             NXDOMAIN",
+            list(old_profiles.iter().map(String::as_str))
+        ));
+    }
+    None
 }
 
 /// Returns free heap pages to the OS (glibc keeps them otherwise: with 10,000 endpoints each

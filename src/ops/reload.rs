@@ -64,7 +64,11 @@ pub async fn watch_files(control: Arc<Control>, shutdown: CancellationToken) {
         };
         if now != last {
             info!("configuration files changed; reloading");
-            let _ = control.reload("file change").await;
+            // A reload is bounded by reload_timeout, but shutdown does not wait for it.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = control.reload("file change") => {}
+            }
             // Fingerprint what the (possibly new) configuration watches.
             last = fp(control.config.load_full()).await.unwrap_or(now);
         }
@@ -84,7 +88,10 @@ pub async fn on_sighup(control: Arc<Control>, shutdown: CancellationToken) {
             s = hup.recv() => {
                 if s.is_none() { return; }
                 info!("SIGHUP received; reloading");
-                let _ = control.reload("SIGHUP").await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = control.reload("SIGHUP") => {}
+                }
             }
         }
     }

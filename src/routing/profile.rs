@@ -824,6 +824,13 @@ fn parse_targets(targets: &[String]) -> Result<Target, String> {
                 aaaa.push(Record::from_rdata(Name::root(), 0, RData::AAAA(AAAA(v6))))
             }
             Err(_) => {
+                // Without this, `127.0.0.256` or `2001:db8::1::2` would become a CNAME to a
+                // "hostname" of that spelling.
+                if let Some(why) = not_an_address(t) {
+                    return Err(format!(
+                        "{t:?} looks like an IP address but is not one: {why}"
+                    ));
+                }
                 let mut name = Name::from_ascii(t)
                     .map_err(|e| format!("{t:?} is neither an IP address nor a hostname: {e}"))?;
                 name.set_fqdn(true);
@@ -850,6 +857,53 @@ fn parse_targets(targets: &[String]) -> Result<Target, String> {
             Ok(Target::Addrs { a, aaaa })
         }
     }
+}
+
+/// Why a target that looks like an address — only digits and dots, or any `:` (no hostname
+/// has one) — does not parse as one. `None` if it does not look like an address (a hostname).
+fn not_an_address(t: &str) -> Option<String> {
+    if t.contains(':') {
+        if t.starts_with('[') || t.ends_with(']') {
+            return Some("write IPv6 addresses without brackets".into());
+        }
+        if t.contains('%') {
+            return Some("a zone index (%…) has no meaning in an answer".into());
+        }
+        if t.matches("::").count() > 1 {
+            return Some("\"::\" may appear only once".into());
+        }
+        if let Some(g) = t.split(':').find(|g| {
+            g.len() > 4 && !g.contains('.') || !g.chars().all(|c| c.is_ascii_hexdigit() || c == '.')
+        }) {
+            return Some(format!("group {g:?} is not 1–4 hexadecimal digits"));
+        }
+        let groups = t.split(':').filter(|g| !g.is_empty()).count();
+        if !t.contains("::") && groups != 8 {
+            return Some(format!(
+                "{groups} groups; an IPv6 address has 8 (or uses \"::\")"
+            ));
+        }
+        return Some("not a valid IPv6 address".into());
+    }
+    if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return None;
+    }
+    let parts: Vec<&str> = t.split('.').collect();
+    if parts.len() != 4 {
+        return Some(format!("{} parts; an IPv4 address has 4", parts.len()));
+    }
+    for p in parts {
+        if p.is_empty() {
+            return Some("an empty part".into());
+        }
+        if p.len() > 1 && p.starts_with('0') {
+            return Some(format!("{p:?} has a leading zero (octal to some parsers)"));
+        }
+        if p.parse::<u32>().map_or(true, |n| n > 255) {
+            return Some(format!("{p} is above 255"));
+        }
+    }
+    Some("not a valid IPv4 address".into())
 }
 
 /// Parses a geo code: WORLD, a continent, a country, or CC-SUB; `country:XX` disambiguates a
@@ -942,5 +996,48 @@ mod tests {
         ));
         assert!(parse_targets(&["lb.example.net".into(), "192.0.2.1".into()]).is_err());
         assert!(parse_targets(&["a.example".into(), "b.example".into()]).is_err());
+    }
+
+    #[test]
+    fn address_lookalikes_are_refused_with_the_reason() {
+        for (t, why) in [
+            ("127.0.0.256", "256 is above 255"),
+            ("127.0.0", "3 parts; an IPv4 address has 4"),
+            ("127.0.0.1.", "5 parts; an IPv4 address has 4"),
+            (
+                "10.0.0.01",
+                "\"01\" has a leading zero (octal to some parsers)",
+            ),
+            ("1..2.3", "an empty part"),
+            ("2001:db8::1::2", "\"::\" may appear only once"),
+            (
+                "2001:db8:0:0:0:0:1",
+                "7 groups; an IPv6 address has 8 (or uses \"::\")",
+            ),
+            ("2001:db8::g", "group \"g\" is not 1–4 hexadecimal digits"),
+            ("[2001:db8::1]", "write IPv6 addresses without brackets"),
+            (
+                "fe80::1%eth0",
+                "a zone index (%…) has no meaning in an answer",
+            ),
+            (
+                "lb.example.net:8883",
+                "group \"lb.example.net\" is not 1–4 hexadecimal digits",
+            ),
+        ] {
+            let e = parse_targets(&[t.into()]).err().unwrap_or_default();
+            assert_eq!(
+                e,
+                format!("{t:?} looks like an IP address but is not one: {why}"),
+                "{t}"
+            );
+        }
+        // Hostnames with digits are still hostnames.
+        for t in ["1e100.net", "lb-1.example.net", "123.example"] {
+            assert!(
+                matches!(parse_targets(&[t.into()]), Ok(Target::Cname(_))),
+                "{t}"
+            );
+        }
     }
 }

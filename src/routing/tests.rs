@@ -13,7 +13,7 @@ use hickory_server::proto::rr::Name;
 use super::model::Model;
 use super::profile::{compute_capabilities, load_profiles};
 use super::*;
-use crate::config::ConfigErrors;
+use crate::base::ConfigErrors;
 use crate::geo::{Catalogue, GeoPoint};
 use crate::health::{EndpointHealth, HealthSnapshot, MonitorState};
 use crate::locate::{Code, Location};

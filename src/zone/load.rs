@@ -26,11 +26,13 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Zone>, ConfigErrors> {
     let mut paths: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
+        // Every `*.zone` entry, whatever it is: one that is not a readable regular file (a
+        // FIFO, a dangling symlink, a directory) is an error below rather than a zone that
+        // silently stops being served.
         .filter(|p| {
-            p.is_file()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.ends_with(ZONE_SUFFIX) && n.len() > ZONE_SUFFIX.len())
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(ZONE_SUFFIX) && n.len() > ZONE_SUFFIX.len())
         })
         .collect();
     paths.sort();
@@ -40,16 +42,17 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Zone>, ConfigErrors> {
     let mut zones: Vec<Zone> = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                errors.push(ConfigError::file(
-                    &path,
-                    format!("cannot read zone file: {e}"),
-                ));
-                continue;
-            }
-        };
+        let text =
+            match crate::base::file::read_regular_text(&path, crate::base::file::MAX_ZONE_BYTES) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(ConfigError::file(
+                        &path,
+                        format!("cannot read zone file: {e}"),
+                    ));
+                    continue;
+                }
+            };
         match load_zone_text(&path, &text) {
             Ok(zone) => {
                 if let Some(other) = zones.iter().find(|z| z.origin_wire == zone.origin_wire) {
@@ -147,8 +150,9 @@ fn check_includes(
                 MAX_INCLUDE_BYTES >> 20
             )));
         }
-        let inner = std::fs::read_to_string(&include)
-            .map_err(|e| err(format!("cannot read {}: {e}", include.display())))?;
+        let inner =
+            crate::base::file::read_regular_text(&include, crate::base::file::MAX_ZONE_BYTES)
+                .map_err(|e| err(format!("cannot read {}: {e}", include.display())))?;
         chain.push(canonical);
         check_includes(&include, &inner, chain, total)?;
         chain.pop();
