@@ -7,7 +7,9 @@
 //!
 //! Methods (Azure Traffic Manager's): `performance` (lowest estimated latency, see [`model`]),
 //! `priority`, `weighted`, `geographic`, `multivalue`, `subnet`; an endpoint may be another
-//! profile (nested, up to 10 deep).
+//! profile (nested, up to 10 deep). What all methods share (candidates, fail-open, recovery
+//! ramp, nesting, records, TTL, ECS scope, the explanation) is here; each method's own decision
+//! is one function in `method/`, all with the same signature (see `method/mod.rs`).
 //!
 //! **Address families.** An A query is answered from endpoints that have an IPv4 target (or a
 //! hostname target, answered as CNAME; or a nested profile able to answer A); AAAA likewise
@@ -16,6 +18,7 @@
 //! the decision lands on a hostname endpoint.
 
 pub mod effective;
+mod method;
 pub mod model;
 pub mod profile;
 
@@ -265,6 +268,7 @@ pub struct Client {
 impl Client {
     /// The client network used for sticky hashing: /24 for IPv4, /56 for IPv6, the usual ECS
     /// source prefixes, so all queries a resolver sends for one client network agree.
+    #[inline]
     fn sticky_key(&self) -> u64 {
         match self.loc.addr {
             Some(IpAddr::V4(a)) => u64::from(u32::from(a) >> 8),
@@ -517,15 +521,16 @@ impl RoutingTable {
 
         let mut estimates: Small<Option<Estimate>> =
             smallvec::smallvec![None; profile.endpoints.len()];
-        let (picked, decision, mut level_scope) = self.pick(
+        let cx = method::Ctx {
+            table: self,
             profile,
-            &cands,
+            cands: &cands,
             family,
             client,
             health,
-            &mut estimates,
-            explain.is_some(),
-        );
+            want: explain.is_some(),
+        };
+        let (picked, decision, mut level_scope) = method::pick(&cx, &mut estimates);
         if hashed && level_scope != Scope::Global {
             level_scope = Scope::Source;
         }
@@ -552,7 +557,7 @@ impl RoutingTable {
                         candidate: cands.contains(&i),
                         rtt_ms: health.get(&e.key).rtt_ms,
                         estimate: estimates[i],
-                        detail: detail(profile.method, e),
+                        detail: method::detail(profile.method, e),
                         load: health.get(&e.key).load,
                         ramp: health.get(&e.key).ramp,
                     })
@@ -584,438 +589,11 @@ impl RoutingTable {
             }
         }
     }
-
-    /// Applies the method to the candidates. Returns the chosen endpoint indices, a lazily
-    /// formatted decision text (empty unless `want`: see [`lazy`]), and how widely the decision
-    /// holds.
-    #[allow(clippy::too_many_arguments)]
-    fn pick<'a>(
-        &'a self,
-        profile: &'a Profile,
-        cands: &'a [usize],
-        family: Family,
-        client: &'a Client,
-        health: &'a HealthSnapshot,
-        estimates: &mut [Option<Estimate>],
-        want: bool,
-    ) -> (Small<usize>, Why<'a>, Scope) {
-        let eps = &profile.endpoints;
-        if cands.is_empty() {
-            return (
-                Small::new(),
-                lazy(want, || "no candidate: empty answer".into()),
-                Scope::Global,
-            );
-        }
-        match profile.method {
-            Method::Performance => {
-                for &i in cands {
-                    let h = health.get(&eps[i].key);
-                    let measured = self.measured.lookup(&client.loc, eps[i].region.as_deref());
-                    // Ranking uses the held RTT (hysteresis), not every probe's wobble.
-                    let rtt = h.rank_rtt_ms.or(h.rtt_ms);
-                    estimates[i] =
-                        Some(
-                            self.model
-                                .estimate(client.loc.point, eps[i].point, rtt, measured),
-                        );
-                }
-                let total = |i: usize| estimates[i].and_then(|e| e.total_ms);
-                // Distance (or measured) only: the client's natural home, immune to RTT noise.
-                let path = |i: usize| estimates[i].and_then(|e| e.measured_ms.or(e.distance_ms));
-                let mut scope = if self.measured.networks.is_empty() {
-                    Scope::GeoNetwork
-                } else {
-                    Scope::Source
-                };
-                if cands.iter().any(|&i| total(i).is_some()) {
-                    let load =
-                        |i: usize| eps[i].capacity.as_ref().zip(health.get(&eps[i].key).load);
-                    // Above the hard mark: last resort only.
-                    let pool: Small<usize> = {
-                        let ok: Small<usize> = cands
-                            .iter()
-                            .copied()
-                            .filter(|&i| load(i).is_none_or(|(c, r)| r < c.hard_limit))
-                            .collect();
-                        if ok.is_empty() {
-                            Small::from_slice(cands)
-                        } else {
-                            ok
-                        }
-                    };
-                    let argmin = |f: &dyn Fn(usize) -> Option<f64>, set: &[usize]| {
-                        set.iter()
-                            .copied()
-                            .filter_map(|i| f(i).map(|v| (i, v)))
-                            .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
-                    };
-                    let Some((best, best_ms)) = argmin(&total, &pool) else {
-                        return (
-                            smallvec::smallvec![pool[0]],
-                            lazy(want, || "no estimate".into()),
-                            scope,
-                        );
-                    };
-                    let anchor = argmin(&path, &pool).map_or(best, |a| a.0);
-                    let st = &profile.stability;
-                    let anchor_ms = total(anchor).unwrap_or(best_ms);
-                    let gain = anchor_ms - best_ms;
-                    let beats = gain >= st.margin_ms && gain >= anchor_ms * st.margin_pct / 100.0;
-                    let mut chosen = if best == anchor || beats {
-                        best
-                    } else {
-                        anchor
-                    };
-                    // The decision text is only built for `explain`/`_why`: formatting its
-                    // floats would cost more than the whole choice.
-                    macro_rules! text {
-                        ($($t:tt)*) => { if want { format!($($t)*) } else { String::new() } };
-                    }
-                    let mut why: String = if chosen == anchor && best != anchor {
-                        text!(
-                            "{}: hysteresis held it ({} would be {gain:.1} ms better; margin {} ms and {} %)",
-                            eps[anchor].name,
-                            eps[best].name,
-                            st.margin_ms,
-                            st.margin_pct
-                        )
-                    } else {
-                        text!(
-                            "{}: lowest estimate {:.1} ms",
-                            eps[chosen].name,
-                            total(chosen).unwrap_or(best_ms)
-                        )
-                    };
-                    // Capacity: spread a failed home's clients, spill from a busy endpoint.
-                    let headroom = |i: usize| {
-                        load(i).and_then(|(c, r)| {
-                            let room = (c.high_water - r) * c.capacity;
-                            (room > 0.0).then_some(room)
-                        })
-                    };
-                    let spread = |exclude: Option<usize>, salt: &str| -> Option<usize> {
-                        let set: Small<(usize, f64)> = pool
-                            .iter()
-                            .copied()
-                            .filter(|&i| Some(i) != exclude)
-                            .filter_map(|i| {
-                                let room = headroom(i)?;
-                                let ms = total(i)?.max(1.0);
-                                Some((i, room / (ms * ms)))
-                            })
-                            .collect();
-                        rendezvous(client, salt, set.iter().map(|&(i, w)| (i, &*eps[i].key, w)))
-                    };
-                    let all_eligible: Small<usize> = (0..eps.len())
-                        .filter(|&i| eps[i].enabled && self.eligible(&eps[i], family))
-                        .collect();
-                    // Home: where the client would go with every endpoint healthy (the estimate
-                    // of endpoints that are not candidates is computed here, on demand).
-                    let path_any = |i: usize| {
-                        let measured = self.measured.lookup(&client.loc, eps[i].region.as_deref());
-                        let e = self
-                            .model
-                            .estimate(client.loc.point, eps[i].point, None, measured);
-                        e.measured_ms.or(e.distance_ms)
-                    };
-                    let home = argmin(&path_any, &all_eligible).map(|h| h.0);
-                    let any_load = pool.iter().any(|&i| load(i).is_some());
-                    if any_load {
-                        scope = Scope::Source;
-                    }
-                    if any_load && home.is_some_and(|h| !pool.contains(&h)) {
-                        if let Some(i) = spread(None, "spread") {
-                            let home_name = home.map_or("-", |h| eps[h].name.as_str());
-                            why = text!(
-                                "{}: home {home_name} unavailable; its clients spread by headroom and latency",
-                                eps[i].name
-                            );
-                            chosen = i;
-                        }
-                    } else if let Some((c, r)) = load(chosen)
-                        && r >= c.high_water
-                    {
-                        let p =
-                            ((r - c.high_water) / (c.hard_limit - c.high_water)).clamp(0.0, 1.0);
-                        if unit_hash(client, &format!("spill/{}", eps[chosen].key)) < p
-                            && let Some(i) = spread(Some(chosen), "spill")
-                        {
-                            why = text!(
-                                "{}: spilled from {} at {:.0} % load (spill share {:.0} %)",
-                                eps[i].name,
-                                eps[chosen].name,
-                                r * 100.0,
-                                p * 100.0
-                            );
-                            chosen = i;
-                        } else {
-                            why.push_str(&text!(
-                                "; at {:.0} % load, {:.0} % of client networks spill",
-                                r * 100.0,
-                                p * 100.0
-                            ));
-                        }
-                    }
-                    return (
-                        smallvec::smallvec![chosen],
-                        lazy(want, move || why.clone()),
-                        scope,
-                    );
-                }
-                // Unknown location: lowest probe RTT, then profile order.
-                let i = cands
-                    .iter()
-                    .copied()
-                    .min_by(|&a, &b| {
-                        let ra = health.get(&eps[a].key).rtt_ms.unwrap_or(f64::INFINITY);
-                        let rb = health.get(&eps[b].key).rtt_ms.unwrap_or(f64::INFINITY);
-                        ra.total_cmp(&rb).then(a.cmp(&b))
-                    })
-                    .unwrap_or(cands[0]);
-                let name = &eps[i].name;
-                (
-                    smallvec::smallvec![i],
-                    lazy(want, move || {
-                        format!(
-                            "{name}: client location unknown; lowest probe RTT, then profile order"
-                        )
-                    }),
-                    scope,
-                )
-            }
-            Method::Priority => {
-                let i = cands
-                    .iter()
-                    .copied()
-                    .min_by_key(|&i| (eps[i].priority, i))
-                    .unwrap_or(cands[0]);
-                let (name, prio) = (&eps[i].name, eps[i].priority);
-                (
-                    smallvec::smallvec![i],
-                    lazy(want, move || {
-                        format!("{name}: lowest priority {prio} among served")
-                    }),
-                    Scope::Global,
-                )
-            }
-            Method::Weighted => {
-                let total: u64 = cands.iter().map(|&i| u64::from(eps[i].weight)).sum();
-                let (chosen, scope) = if profile.sticky {
-                    // Weighted rendezvous hashing: each (client network, endpoint) pair gets a
-                    // score, the highest wins. Proportional to weight, and when an endpoint
-                    // leaves only its own clients move; the others keep their answer.
-                    let base = client.sticky_key() ^ fnv(&profile.owner_wire);
-                    let score = |i: usize| {
-                        let h = mix(base ^ fnv(eps[i].key.as_bytes()));
-                        // Uniform in (0, 1), never 0 or 1.
-                        let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-                        f64::from(eps[i].weight) / -u.ln()
-                    };
-                    let best = cands
-                        .iter()
-                        .copied()
-                        .max_by(|&a, &b| score(a).total_cmp(&score(b)))
-                        .unwrap_or(cands[0]);
-                    let bits = if client.loc.addr.is_some_and(|a| a.is_ipv4()) {
-                        24
-                    } else {
-                        56
-                    };
-                    (best, Scope::Prefix(bits))
-                } else {
-                    let roll = fastrand::u64(0..total.max(1));
-                    let mut acc = 0;
-                    let mut chosen = cands[0];
-                    for &i in cands {
-                        acc += u64::from(eps[i].weight);
-                        if roll < acc {
-                            chosen = i;
-                            break;
-                        }
-                    }
-                    (chosen, Scope::Global)
-                };
-                let (name, w, sticky) = (&eps[chosen].name, eps[chosen].weight, profile.sticky);
-                (
-                    smallvec::smallvec![chosen],
-                    lazy(want, move || {
-                        format!(
-                            "{name}: weight {w} of {total}{}",
-                            if sticky {
-                                ", hashed by client subnet"
-                            } else {
-                                ", random"
-                            }
-                        )
-                    }),
-                    scope,
-                )
-            }
-            Method::Geographic => {
-                // Strict: the most specific mapping among *all* endpoints decides; if its
-                // endpoint is not a candidate (down, disabled), nothing is answered.
-                let strict_best = profile
-                    .geo_strict
-                    .then(|| most_specific(eps, client, 0..eps.len()));
-                if let Some(Some((i, g))) = strict_best
-                    && !cands.contains(&i)
-                {
-                    let name = &eps[i].name;
-                    return (
-                        Small::new(),
-                        lazy(want, move || {
-                            format!(
-                                "{name} (most specific match {g}) is not served and geo_strict \
-                                 forbids a fallback: empty answer"
-                            )
-                        }),
-                        Scope::GeoNetwork,
-                    );
-                }
-                let best = most_specific(eps, client, cands.iter().copied());
-                match best {
-                    Some((i, g)) => {
-                        let name = &eps[i].name;
-                        (
-                            smallvec::smallvec![i],
-                            lazy(want, move || format!("{name}: most specific match {g}")),
-                            Scope::GeoNetwork,
-                        )
-                    }
-                    None => (
-                        Small::new(),
-                        lazy(want, || {
-                            "no served endpoint maps the client's location: empty answer".into()
-                        }),
-                        Scope::GeoNetwork,
-                    ),
-                }
-            }
-            Method::Multivalue => {
-                let picked: Small<usize> =
-                    cands.iter().copied().take(profile.max_answers).collect();
-                let n = picked.len();
-                let max = profile.max_answers;
-                (
-                    picked,
-                    lazy(want, move || {
-                        format!("{n} served endpoint(s), at most {max}")
-                    }),
-                    Scope::Global,
-                )
-            }
-            Method::Subnet => {
-                let addr = client.loc.addr;
-                let matched = cands
-                    .iter()
-                    .filter_map(|&i| {
-                        eps[i]
-                            .subnets
-                            .iter()
-                            .filter(|n| addr.is_some_and(|a| n.contains(&a)))
-                            .map(|n| n.prefix_len())
-                            .max()
-                            .map(|len| (i, len))
-                    })
-                    .max_by_key(|(i, len)| (*len, std::cmp::Reverse(*i)));
-                if let Some((i, len)) = matched {
-                    let name = &eps[i].name;
-                    return (
-                        smallvec::smallvec![i],
-                        lazy(want, move || format!("{name}: client in its /{len} range")),
-                        Scope::Source,
-                    );
-                }
-                match cands.iter().copied().find(|&i| eps[i].subnets.is_empty()) {
-                    Some(i) => {
-                        let name = &eps[i].name;
-                        (
-                            smallvec::smallvec![i],
-                            lazy(want, move || {
-                                format!("{name}: no range matched; fallback endpoint")
-                            }),
-                            Scope::Source,
-                        )
-                    }
-                    None => (
-                        Small::new(),
-                        lazy(want, || {
-                            "no range matched and no fallback: empty answer".into()
-                        }),
-                        Scope::Source,
-                    ),
-                }
-            }
-        }
-    }
-}
-
-/// Among `among`, the endpoint whose geo mapping matches the client most specifically (ties:
-/// the earlier endpoint), with that mapping.
-fn most_specific(
-    eps: &[Endpoint],
-    client: &Client,
-    among: impl Iterator<Item = usize>,
-) -> Option<(usize, GeoCode)> {
-    among
-        .filter_map(|i| {
-            eps[i]
-                .geo
-                .iter()
-                .filter(|g| g.matches(&client.loc))
-                .max_by_key(|g| g.specificity())
-                .map(|g| (i, *g))
-        })
-        .max_by_key(|(i, g)| (g.specificity(), std::cmp::Reverse(*i)))
-}
-
-fn detail(method: Method, e: &Endpoint) -> String {
-    match method {
-        Method::Weighted => format!("weight {}", e.weight),
-        Method::Priority => format!("priority {}", e.priority),
-        Method::Geographic => e
-            .geo
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
-        Method::Subnet if e.subnets.is_empty() => "fallback".into(),
-        Method::Subnet => e
-            .subnets
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
-        Method::Performance => match &e.capacity {
-            Some(c) => format!(
-                "capacity {} (high {:.0} %, hard {:.0} %)",
-                c.capacity,
-                c.high_water * 100.0,
-                c.hard_limit * 100.0
-            ),
-            None => String::new(),
-        },
-        Method::Multivalue => String::new(),
-    }
 }
 
 /// A client network's position in [0, 1) for a salt: decides ramps and spills, the same for
 /// every query from that network (/24, /56).
-/// A decision's text, formatted only when someone reads it.
-type Why<'a> = Box<dyn Fn() -> String + 'a>;
-
-/// `text` as a [`Why`] when `want`, else an empty one. Answers do not read the text, only
-/// `explain` and `_why` do; the empty one is a zero-sized closure, so boxing it allocates
-/// nothing (a capturing closure would cost an allocation per routed query).
-fn lazy<'a>(want: bool, text: impl Fn() -> String + 'a) -> Why<'a> {
-    if want {
-        Box::new(text)
-    } else {
-        Box::new(String::new)
-    }
-}
-
+#[inline]
 fn unit_hash(client: &Client, salt: &str) -> f64 {
     (mix(client.sticky_key() ^ fnv(salt.as_bytes())) >> 11) as f64 / (1u64 << 53) as f64
 }
@@ -1039,6 +617,7 @@ fn rendezvous<'k>(
 }
 
 /// FNV-1a, to mix the profile into sticky hashes (different profiles spread differently).
+#[inline]
 fn fnv(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
         (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
@@ -1046,6 +625,7 @@ fn fnv(b: &[u8]) -> u64 {
 }
 
 /// SplitMix64 finaliser: spreads neighbouring subnets over the whole range.
+#[inline]
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
