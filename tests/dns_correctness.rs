@@ -1,10 +1,14 @@
 //! DNS correctness against the real binary: the DO bit is copied into every OPT (RFC 3225),
-//! and replies to opcodes other than QUERY carry none of the QUERY-only header bits.
+//! replies to opcodes other than QUERY carry none of the QUERY-only header bits, and a client
+//! whose ECS subnet has no location is placed by the location fallback chain (ECS → resolver →
+//! profile order), with `_why`, `explain` and the admin API naming the step.
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -98,6 +102,12 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|x| x.1.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+fn json_body(body: &str) -> serde_json::Value {
+    let start = body.find('{').unwrap_or(0);
+    let end = body.rfind('}').map_or(body.len(), |e| e + 1);
+    serde_json::from_str(&body[start..end]).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 fn cache_hits(s: &Server) -> u64 {
@@ -287,4 +297,336 @@ fn replies_to_other_opcodes_carry_no_query_bits() {
     ]);
     assert_eq!(d.status, "NOTIMP", "{}", d.raw);
     assert_eq!(d.flags, vec!["qr"], "{}", d.raw);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Clients whose ECS subnet has no location
+
+/// An ECS subnet the sample database lacks (RFC 1918, intentionally absent: geo/README.md).
+const UNLOCATED: &str = "10.1.2.0/24";
+/// Width of the database gap holding it: every address in 10.0.0.0/7 is unlocatable alike.
+const UNLOCATED_SCOPE: &str = "10.1.2.0/24/7";
+
+/// A local HTTP endpoint answering 200 after `delay` (a probe RTT we control), for at most
+/// 1,000 probes.
+fn slow_http(delay: Duration) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming().take(1000) {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut r = BufReader::new(match c.try_clone() {
+                    Ok(c) => c,
+                    Err(_) => return,
+                });
+                let mut line = String::new();
+                // The request head, bounded.
+                for _ in 0..100 {
+                    line.clear();
+                    match r.read_line(&mut line) {
+                        Ok(n) if n > 0 && line != "\r\n" => {}
+                        _ => break,
+                    }
+                }
+                // The endpoint's own slowness: what the probe RTT measures.
+                std::thread::sleep(delay);
+                let _ = c.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            });
+        }
+    });
+    port
+}
+
+/// Endpoint addresses answered for each region.
+const EASTUS: &str = "192.0.2.1";
+const SEA: &str = "192.0.2.2";
+const WESTEUROPE: &str = "192.0.2.3";
+
+/// A zone `t.test` with profile `order` (performance), endpoints in the order eastus,
+/// southeastasia, westeurope; probe RTTs: eastus slowest, southeastasia fastest, westeurope
+/// between. So the three candidate rules all disagree: profile order → eastus, lowest probe
+/// RTT → southeastasia, a Frankfurt client → westeurope.
+fn write_zones(dir: &Path) -> PathBuf {
+    let zones = dir.join("zones");
+    std::fs::create_dir_all(&zones).unwrap();
+    std::fs::write(
+        zones.join("t.test.zone"),
+        "$ORIGIN t.test.\n$TTL 60\n@ IN SOA ns.t.test. h.t.test. 1 2 3 4 30\n@ IN NS ns.t.test.\nns IN A 127.0.0.1\n",
+    )
+    .unwrap();
+    let (slow, fast, medium) = (
+        slow_http(Duration::from_millis(400)),
+        slow_http(Duration::ZERO),
+        slow_http(Duration::from_millis(200)),
+    );
+    let ep = |name: &str, region: &str, target: &str, port: u16| {
+        format!(
+            "[[profile.endpoint]]\nname = \"{name}\"\nregion = \"azure:{region}\"\ntargets = [\"{target}\"]\n\
+             [profile.endpoint.monitor]\nport = {port}\n"
+        )
+    };
+    std::fs::write(
+        zones.join("t.test.toml"),
+        format!(
+            "[[profile]]\nname = \"order\"\nmethod = \"performance\"\nttl = 30\n\
+             [profile.monitor]\nprotocol = \"http\"\nhost = \"127.0.0.1\"\ninterval = \"1s\"\ntimeout = \"3s\"\n\
+             tolerated_failures = 3\n{}{}{}",
+            ep("eastus", "eastus", EASTUS, slow),
+            ep("southeastasia", "southeastasia", SEA, fast),
+            ep("westeurope", "westeurope", WESTEUROPE, medium),
+        ),
+    )
+    .unwrap();
+    zones
+}
+
+/// A config on free loopback ports with this zones directory and City/ASN databases.
+fn write_config(dir: &Path, zones: &Path, city: &Path, asn: &Path) -> PathBuf {
+    let p = dir.join("geosteer.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[server]\nudp = [\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"]\nworkers = 2\n\
+             [zones]\ndirectory = {:?}\n[log]\nlevel = \"info\"\nformat = \"json\"\n\
+             [geoip]\ncity = {:?}\nasn = {:?}\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nstate_file = {:?}\n",
+            zones.display().to_string(),
+            city.display().to_string(),
+            asn.display().to_string(),
+            dir.join("state.json").display().to_string(),
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// The sample databases without the loopback "lab" networks: here the resolver (every query
+/// comes from 127.0.0.1) has no location either.
+fn databases_without_loopback(dir: &Path) -> (PathBuf, PathBuf) {
+    let csv = std::fs::read_to_string(repo().join("geo/sample-networks.csv")).unwrap();
+    let kept: String = csv
+        .lines()
+        .filter(|l| !l.starts_with("127.0.0.0/8,") && !l.starts_with("::1/128,"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(kept.len() < csv.len(), "the loopback lines were found");
+    let input = dir.join("networks.csv");
+    std::fs::write(&input, kept).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_geosteer-mkgeo"))
+        .arg("--input")
+        .arg(&input)
+        .arg("--out-dir")
+        .arg(dir)
+        .output()
+        .expect("run geosteer-mkgeo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (dir.join("sample-city.mmdb"), dir.join("sample-asn.mmdb"))
+}
+
+/// `_why` TXT lines for `ecs` (dig's quoted strings, unquoted).
+fn why(s: &Server, ecs: Option<&str>) -> String {
+    let mut args = vec!["TXT", "_why.order.t.test", "+short"];
+    let subnet = ecs.map(|e| format!("+subnet={e}"));
+    args.extend(subnet.as_deref());
+    let d = s.dig(&args);
+    d.raw
+        .lines()
+        .map(|l| l.trim().trim_matches('"'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits until every endpoint of `order` has a probe RTT (so "lowest probe RTT" would have an
+/// answer that differs from profile order).
+fn wait_for_rtts(s: &Server) {
+    poll(
+        Duration::from_secs(30),
+        "probe RTTs of all three endpoints",
+        || {
+            let w = why(s, None);
+            let lines: Vec<&str> = w.lines().filter(|l| l.contains(" state ")).collect();
+            (lines.len() == 3
+                && lines
+                    .iter()
+                    .all(|l| !l.contains(" rtt -") && l.contains("Online")))
+            .then_some(())
+        },
+    );
+}
+
+fn answer(s: &Server, ecs: Option<&str>) -> (Vec<String>, Option<String>) {
+    let mut args = vec!["order.t.test", "A"];
+    let subnet = ecs.map(|e| format!("+subnet={e}"));
+    args.extend(subnet.as_deref());
+    let d = s.dig(&args);
+    assert_eq!(d.status, "NOERROR", "{}", d.raw);
+    (d.answer, d.client_subnet)
+}
+
+fn a(addr: &str) -> Vec<String> {
+    vec![format!("order.t.test. 30 IN A {addr}")]
+}
+
+fn explain_cli(config: &Path, ecs: &str, json: bool) -> String {
+    let mut cmd = Command::new(bin());
+    cmd.args(["explain", "--config"]).arg(config).args([
+        "order.t.test",
+        "--client",
+        "127.0.0.1",
+        "--ecs",
+        ecs,
+    ]);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().expect("run geosteer explain");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The resolver (127.0.0.1, Frankfurt in the sample database) is located: a client whose ECS
+/// subnet has no location is placed at its resolver — westeurope — not at the endpoint with
+/// the lowest probe RTT (southeastasia) nor the first in the file (eastus). The ECS scope is
+/// the database gap the subnet fell in (/7), never 0: a located subnet outside it is answered
+/// differently.
+#[test]
+fn an_unlocated_ecs_subnet_is_placed_at_a_located_resolver() {
+    let dir = tempfile::tempdir().unwrap();
+    let zones = write_zones(dir.path());
+    let geo = repo().join("geo");
+    let config = write_config(
+        dir.path(),
+        &zones,
+        &geo.join("sample-city.mmdb"),
+        &geo.join("sample-asn.mmdb"),
+    );
+    let s = Server::start_with(Opts {
+        config_path: Some(config.clone()),
+        ..Default::default()
+    });
+    wait_for_rtts(&s);
+
+    let (ans, scope) = answer(&s, Some(UNLOCATED));
+    assert_eq!(ans, a(WESTEUROPE), "resolver location decides");
+    assert_eq!(scope.as_deref(), Some(UNLOCATED_SCOPE));
+    // Controls: a located ECS subnet decides by itself (Milton, WA → eastus, scope /24); no
+    // ECS at all → the resolver, as before.
+    let (ans, scope) = answer(&s, Some("216.160.83.0/24"));
+    assert_eq!(ans, a(EASTUS));
+    assert_eq!(scope.as_deref(), Some("216.160.83.0/24/24"));
+    assert_eq!(answer(&s, None), (a(WESTEUROPE), None));
+
+    // _why names the step.
+    let w = why(&s, Some(UNLOCATED));
+    assert!(
+        w.contains("located   by resolver 127.0.0.1 (the ECS address has no location)"),
+        "{w}"
+    );
+    assert!(w.contains("country DE"), "{w}");
+    assert!(w.contains("decision: westeurope: lowest estimate"), "{w}");
+    let w = why(&s, Some("216.160.83.0/24"));
+    assert!(w.contains("located   by ecs 216.160.83.0"), "{w}");
+
+    // The admin API: text and JSON.
+    let (code, body) = http_get(
+        s.admin.unwrap(),
+        &format!("/api/explain?name=order.t.test&ecs={UNLOCATED}"),
+    );
+    assert_eq!(code, 200, "{body}");
+    let v = json_body(&body);
+    assert_eq!(v["report"]["located"]["by"], "resolver", "{v}");
+    assert_eq!(v["report"]["located"]["from"], "127.0.0.1", "{v}");
+    assert_eq!(v["report"]["located"]["ecs_unlocated"], true, "{v}");
+    assert_eq!(v["report"]["scope"], 7, "{v}");
+    let text = v["text"].as_str().unwrap();
+    assert!(text.contains("located   by resolver 127.0.0.1"), "{text}");
+
+    // The CLI (no probes: the location alone decides), text and JSON.
+    let text = explain_cli(&config, UNLOCATED, false);
+    assert!(
+        text.contains("located   by resolver 127.0.0.1 (the ECS address has no location)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("answer    {WESTEUROPE} ttl 30 scope /7")),
+        "{text}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&explain_cli(&config, UNLOCATED, true)).unwrap();
+    assert_eq!(v["located"]["by"], "resolver", "{v}");
+    assert_eq!(v["answer"][0], WESTEUROPE, "{v}");
+}
+
+/// Neither the ECS subnet nor the resolver has a location (databases without the loopback
+/// networks): the profile's declared order decides — eastus, the first endpoint, although
+/// southeastasia has by far the lowest probe RTT. Scope: still the ECS subnet's database gap.
+#[test]
+fn with_no_location_at_all_the_profile_order_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    let zones = write_zones(dir.path());
+    let (city, asn) = databases_without_loopback(dir.path());
+    let config = write_config(dir.path(), &zones, &city, &asn);
+    let s = Server::start_with(Opts {
+        config_path: Some(config.clone()),
+        ..Default::default()
+    });
+    wait_for_rtts(&s);
+
+    let (ans, scope) = answer(&s, Some(UNLOCATED));
+    assert_eq!(ans, a(EASTUS), "profile order, not the lowest probe RTT");
+    assert_eq!(scope.as_deref(), Some(UNLOCATED_SCOPE));
+    assert_eq!(answer(&s, None), (a(EASTUS), None));
+    // Control: a located ECS subnet still decides (London → westeurope).
+    let (ans, _) = answer(&s, Some("81.2.69.0/24"));
+    assert_eq!(ans, a(WESTEUROPE));
+
+    let w = why(&s, Some(UNLOCATED));
+    assert!(
+        w.contains("located   by none (neither the ECS address nor the resolver has a location)"),
+        "{w}"
+    );
+    assert!(
+        w.contains("decision: eastus: client location unknown; first served in profile order"),
+        "{w}"
+    );
+    let w = why(&s, None);
+    assert!(
+        w.contains("located   by none (the resolver has no location)"),
+        "{w}"
+    );
+
+    let (code, body) = http_get(
+        s.admin.unwrap(),
+        &format!("/api/explain?name=order.t.test&ecs={UNLOCATED}"),
+    );
+    assert_eq!(code, 200, "{body}");
+    let v = json_body(&body);
+    assert_eq!(v["report"]["located"]["by"], "none", "{v}");
+    assert_eq!(
+        v["report"]["located"]["from"],
+        serde_json::Value::Null,
+        "{v}"
+    );
+    assert_eq!(v["report"]["answer"][0], EASTUS, "{v}");
+    let decision = v["report"]["trace"]["levels"][0]["decision"]
+        .as_str()
+        .unwrap();
+    assert!(decision.contains("profile order"), "{decision}");
+
+    let v: serde_json::Value =
+        serde_json::from_str(&explain_cli(&config, UNLOCATED, true)).unwrap();
+    assert_eq!(v["located"]["by"], "none", "{v}");
+    assert_eq!(v["answer"][0], EASTUS, "{v}");
 }

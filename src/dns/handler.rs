@@ -13,6 +13,7 @@ use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 
 use super::wire::{self, OptOut, ParseError, Query, ResponseHeader, Rr, Sections, opcode, rcode};
 use crate::health::HealthSnapshot;
+use crate::locate::{LocatedBy, Location, Placement};
 use crate::ops::metrics::Metrics;
 use crate::routing::{Client, Family};
 use crate::state::State;
@@ -449,7 +450,7 @@ impl Handler {
         } else {
             Family::V4
         };
-        let client = locate_client(state, ecs, src);
+        let (client, placed) = locate_client_traced(state, ecs, src);
         let health = self.health.load();
         let mut trace = crate::routing::Explain::default();
         let sel = state
@@ -461,6 +462,7 @@ impl Handler {
             src.ip(),
             ecs,
             client.loc,
+            placed,
             trace,
             &sel,
         );
@@ -526,17 +528,73 @@ fn elapsed_ns(started: std::time::Instant) -> u64 {
     u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Where routing should think the client is: the ECS address when the resolver sent one with
-/// a non-zero source prefix (RFC 7871 §7.1.2), else the resolver's own address.
+/// Where routing should think the client is: [`locate_client_traced`] without the trace.
 pub fn locate_client(state: &State, ecs: Option<wire::ClientSubnet>, src: SocketAddr) -> Client {
-    let addr = match ecs {
-        Some(e) if e.source_prefix > 0 => e.addr,
-        _ => src.ip(),
-    };
-    Client {
-        loc: state.locator.locate(addr, state.routing.wants_subdivision),
-        ecs_source: ecs.map(|e| e.source_prefix),
+    locate_client_traced(state, ecs, src).0
+}
+
+/// The client-location fallback chain:
+///
+/// 1. the ECS address, when the resolver sent one with a non-zero source prefix (RFC 7871
+///    §7.1.2) and the City database locates it;
+/// 2. else the resolver's own (query source) address, if the database locates it — when an
+///    ECS subnet has no location the client is most likely near its resolver (ISP resolvers
+///    are), which beats ordering by our probe RTT, a property of *this server's* position;
+/// 3. else nowhere: each method's location-free order decides (`performance`: profile order).
+///
+/// On step 2 after an unlocatable ECS subnet, the location (coordinates, country, ASN) is the
+/// resolver's, but the client's *address* and *network* stay the ECS ones: subnet ranges,
+/// sticky hashes, drill scopes and measured client networks still match the client, and the
+/// ECS scope is the width of the database network the ECS address fell in (no location
+/// anywhere in it). That scope is not 0: another client subnet, outside that network, may well
+/// be located and answered differently — scope 0 would let the resolver reuse this answer for
+/// it.
+pub fn locate_client_traced(
+    state: &State,
+    ecs: Option<wire::ClientSubnet>,
+    src: SocketAddr,
+) -> (Client, Placement) {
+    let subdivision = state.routing.wants_subdivision;
+    let ecs_source = ecs.map(|e| e.source_prefix);
+    let client = |loc| Client { loc, ecs_source };
+    let ecs_addr = ecs.filter(|e| e.source_prefix > 0).map(|e| e.addr);
+    let mut ecs_unlocated = false;
+    let mut own = None;
+    if let Some(addr) = ecs_addr {
+        let loc = state.locator.locate(addr, subdivision);
+        if loc.is_known() {
+            let placed = Placement {
+                by: LocatedBy::Ecs,
+                from: loc.addr,
+                ecs_unlocated: false,
+            };
+            return (client(loc), placed);
+        }
+        ecs_unlocated = true;
+        own = Some(loc);
     }
+    let resolver = state.locator.locate(src.ip(), subdivision);
+    // The client's own address and network: the ECS ones when an ECS subnet was given.
+    let own = own.unwrap_or(resolver);
+    if resolver.is_known() {
+        let loc = Location {
+            addr: own.addr,
+            prefix_len: own.prefix_len,
+            ..resolver
+        };
+        let placed = Placement {
+            by: LocatedBy::Resolver,
+            from: resolver.addr,
+            ecs_unlocated,
+        };
+        return (client(loc), placed);
+    }
+    let placed = Placement {
+        by: LocatedBy::None,
+        from: None,
+        ecs_unlocated,
+    };
+    (client(own), placed)
 }
 
 /// Encodes, degrading gracefully when the answer does not fit.
@@ -726,6 +784,126 @@ mod tests {
             rcode::NXDOMAIN as u8,
             "answered from the old state's cache"
         );
+    }
+}
+
+#[cfg(test)]
+mod location_chain_tests {
+    use super::*;
+
+    fn state() -> State {
+        let config = crate::config::Config::load(None).expect("embedded config");
+        crate::app::load_state(&config).expect("bundled zones")
+    }
+
+    fn ecs(net: &str) -> Option<wire::ClientSubnet> {
+        let n: ipnet::IpNet = net.parse().unwrap();
+        Some(wire::ClientSubnet {
+            family: if n.addr().is_ipv4() { 1 } else { 2 },
+            source_prefix: n.prefix_len(),
+            addr: n.addr(),
+        })
+    }
+
+    /// ECS location, else the resolver's, else none; the client's address and network stay
+    /// the ECS ones on the resolver step (they bound the scope and match subnets and drills).
+    #[test]
+    fn ecs_then_resolver_then_nothing() {
+        let s = state();
+        let located: SocketAddr = ([127, 0, 0, 1], 53).into(); // Frankfurt in the sample
+        let unknown: SocketAddr = ([10, 9, 9, 9], 53).into(); // absent from the sample
+        // (ECS, source, step, ECS unlocated, located from, client address, network, country)
+        let rows = [
+            (
+                ecs("81.2.69.0/24"),
+                unknown,
+                LocatedBy::Ecs,
+                false,
+                Some("81.2.69.0"),
+                "81.2.69.0",
+                24,
+                Some("GB"),
+            ),
+            (
+                ecs("10.1.2.0/24"),
+                located,
+                LocatedBy::Resolver,
+                true,
+                Some("127.0.0.1"),
+                "10.1.2.0",
+                7,
+                Some("DE"),
+            ),
+            (
+                ecs("fd00:1::/48"),
+                ([0, 0, 0, 0, 0, 0, 0, 1], 53).into(),
+                LocatedBy::Resolver,
+                true,
+                Some("::1"),
+                "fd00:1::",
+                1, // nothing at all in 8000::/1 of the sample database
+                Some("DE"),
+            ),
+            (
+                ecs("10.1.2.0/24"),
+                unknown,
+                LocatedBy::None,
+                true,
+                None,
+                "10.1.2.0",
+                7,
+                None,
+            ),
+            (
+                None,
+                located,
+                LocatedBy::Resolver,
+                false,
+                Some("127.0.0.1"),
+                "127.0.0.1",
+                8,
+                Some("DE"),
+            ),
+            (
+                ecs("0.0.0.0/0"),
+                located,
+                LocatedBy::Resolver,
+                false,
+                Some("127.0.0.1"),
+                "127.0.0.1",
+                8,
+                Some("DE"),
+            ),
+            (
+                None,
+                unknown,
+                LocatedBy::None,
+                false,
+                None,
+                "10.9.9.9",
+                7,
+                None,
+            ),
+        ];
+        for (e, src, by, ecs_unlocated, from, addr, prefix, country) in rows {
+            let (c, p) = locate_client_traced(&s, e, src);
+            let what = format!("{e:?} from {src}");
+            assert_eq!(p.by, by, "{what}");
+            assert_eq!(p.ecs_unlocated, ecs_unlocated, "{what}");
+            assert_eq!(p.from.map(|a| a.to_string()).as_deref(), from, "{what}");
+            assert_eq!(
+                c.loc.addr.map(|a| a.to_string()).as_deref(),
+                Some(addr),
+                "{what}"
+            );
+            assert_eq!(c.loc.prefix_len, prefix, "{what}");
+            assert_eq!(
+                c.loc.country.map(|c| c.to_string()).as_deref(),
+                country,
+                "{what}"
+            );
+            assert_eq!(c.ecs_source, e.map(|e| e.source_prefix), "{what}");
+        }
     }
 }
 
