@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::health::HealthSnapshot;
-use crate::locate::Location;
+use crate::locate::{LocatedBy, Location, Placement};
 use crate::routing::{Explain, Family, Profile, Selection};
 use crate::state::State;
 use crate::wire::{ClientSubnet, QName};
@@ -30,6 +30,8 @@ pub struct Report {
     pub ecs: Option<String>,
     /// Where the client was located.
     pub location: Location,
+    /// Which step of the fallback chain located it (ECS address, resolver address, none).
+    pub located: Placement,
     /// Profile levels and their endpoints.
     pub trace: Explain,
     /// Answer records, presentation form.
@@ -65,7 +67,7 @@ pub fn explain(
         source_prefix: n.prefix_len(),
         addr: n.trunc().addr(),
     });
-    let c = state.locate_client(ecs_opt, SocketAddr::new(client, 0));
+    let (c, placed) = state.locate_client_traced(ecs_opt, SocketAddr::new(client, 0));
     let mut trace = Explain::default();
     let sel = state
         .routing
@@ -76,6 +78,7 @@ pub fn explain(
         client,
         ecs_opt,
         c.loc,
+        placed,
         trace,
         &sel,
     ))
@@ -83,12 +86,14 @@ pub fn explain(
 
 impl Report {
     /// Assembles a report from a traced selection.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         profile: &Profile,
         family: Family,
         client: IpAddr,
         ecs: Option<ClientSubnet>,
         location: Location,
+        located: Placement,
         trace: Explain,
         sel: &Selection<'_>,
     ) -> Self {
@@ -98,6 +103,7 @@ impl Report {
             client,
             ecs: ecs.map(|e| format!("{}/{}", e.addr, e.source_prefix)),
             location,
+            located,
             trace,
             answer: sel.records.iter().map(|r| r.data.to_string()).collect(),
             chosen: sel.chosen.iter().map(|s| s.to_string()).collect(),
@@ -118,12 +124,26 @@ impl fmt::Display for Report {
         writeln!(f, "name      {} ({:?})", self.name, self.family)?;
         writeln!(
             f,
-            "client    {} ecs {} → located {} (network /{})",
+            "client    {} ecs {} → address {} (network /{})",
             self.client,
             self.ecs.as_deref().unwrap_or("none"),
             l.addr.map_or("-".into(), |a| a.to_string()),
             l.prefix_len
         )?;
+        let p = &self.located;
+        let from = opt(p.from);
+        let why = match (p.by, p.ecs_unlocated) {
+            (LocatedBy::Ecs, _) => format!("ecs {from}"),
+            (LocatedBy::Resolver, true) => {
+                format!("resolver {from} (the ECS address has no location)")
+            }
+            (LocatedBy::Resolver, false) => format!("resolver {from} (no ECS address)"),
+            (LocatedBy::None, true) => {
+                "none (neither the ECS address nor the resolver has a location)".into()
+            }
+            (LocatedBy::None, false) => "none (the resolver has no location)".into(),
+        };
+        writeln!(f, "located   by {why}")?;
         writeln!(
             f,
             "location  {} country {} continent {} subdivision {} asn {}",

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::base::{ConfigError, ConfigErrors};
 use crate::config::Config;
 use crate::geo::Catalogue;
-use crate::locate::Code;
+use crate::locate::{Code, LocatedBy, Location, Placement};
 use crate::routing::model::Model;
 use crate::routing::{Client, Measured, profile};
 use crate::wire::ClientSubnet;
@@ -36,17 +36,75 @@ pub struct State {
 }
 
 impl State {
-    /// Where routing should think the client is: the ECS address when the resolver sent one
-    /// with a non-zero source prefix (RFC 7871 §7.1.2), else the resolver's own address.
+    /// Where routing should think the client is: [`Self::locate_client_traced`] without
+    /// the trace.
     pub fn locate_client(&self, ecs: Option<ClientSubnet>, src: SocketAddr) -> Client {
-        let addr = match ecs {
-            Some(e) if e.source_prefix > 0 => e.addr,
-            _ => src.ip(),
-        };
-        Client {
-            loc: self.locator.locate(addr, self.routing.wants_subdivision),
-            ecs_source: ecs.map(|e| e.source_prefix),
+        self.locate_client_traced(ecs, src).0
+    }
+
+    /// The client-location fallback chain:
+    ///
+    /// 1. the ECS address, when the resolver sent one with a non-zero source prefix (RFC 7871
+    ///    §7.1.2) and the City database locates it;
+    /// 2. else the resolver's own (query source) address, if the database locates it — when an
+    ///    ECS subnet has no location the client is most likely near its resolver (ISP resolvers
+    ///    are), which beats ordering by our probe RTT, a property of *this server's* position;
+    /// 3. else nowhere: each method's location-free order decides (`performance`: profile order).
+    ///
+    /// On step 2 after an unlocatable ECS subnet, the location (coordinates, country, ASN) is the
+    /// resolver's, but the client's *address* and *network* stay the ECS ones: subnet ranges,
+    /// sticky hashes, drill scopes and measured client networks still match the client, and the
+    /// ECS scope is the width of the database network the ECS address fell in (no location
+    /// anywhere in it). That scope is not 0: another client subnet, outside that network, may well
+    /// be located and answered differently — scope 0 would let the resolver reuse this answer for
+    /// it.
+    pub fn locate_client_traced(
+        &self,
+        ecs: Option<ClientSubnet>,
+        src: SocketAddr,
+    ) -> (Client, Placement) {
+        let state = self;
+        let subdivision = state.routing.wants_subdivision;
+        let ecs_source = ecs.map(|e| e.source_prefix);
+        let client = |loc| Client { loc, ecs_source };
+        let ecs_addr = ecs.filter(|e| e.source_prefix > 0).map(|e| e.addr);
+        let mut ecs_unlocated = false;
+        let mut own = None;
+        if let Some(addr) = ecs_addr {
+            let loc = state.locator.locate(addr, subdivision);
+            if loc.is_known() {
+                let placed = Placement {
+                    by: LocatedBy::Ecs,
+                    from: loc.addr,
+                    ecs_unlocated: false,
+                };
+                return (client(loc), placed);
+            }
+            ecs_unlocated = true;
+            own = Some(loc);
         }
+        let resolver = state.locator.locate(src.ip(), subdivision);
+        // The client's own address and network: the ECS ones when an ECS subnet was given.
+        let own = own.unwrap_or(resolver);
+        if resolver.is_known() {
+            let loc = Location {
+                addr: own.addr,
+                prefix_len: own.prefix_len,
+                ..resolver
+            };
+            let placed = Placement {
+                by: LocatedBy::Resolver,
+                from: resolver.addr,
+                ecs_unlocated,
+            };
+            return (client(loc), placed);
+        }
+        let placed = Placement {
+            by: LocatedBy::None,
+            from: None,
+            ecs_unlocated,
+        };
+        (client(own), placed)
     }
 }
 

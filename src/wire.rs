@@ -146,6 +146,8 @@ pub enum ParseError {
         rd: bool,
         /// Whether the request carried a well-formed OPT (then the FORMERR carries one too).
         edns: bool,
+        /// DO bit of that OPT (copied into the FORMERR's OPT, RFC 3225 §3).
+        dnssec_ok: bool,
     },
 }
 
@@ -187,7 +189,7 @@ pub struct Edns {
     pub payload: u16,
     /// EDNS version.
     pub version: u8,
-    /// DO bit (we sign nothing; recorded for logs).
+    /// DO bit. We sign nothing, but RFC 3225 §3 requires it to be copied into the response.
     pub dnssec_ok: bool,
     /// Client Subnet option, if present and valid.
     pub ecs: Option<ClientSubnet>,
@@ -291,6 +293,7 @@ pub fn parse(b: &[u8]) -> Result<Query<'_>, ParseError> {
         opcode,
         rd,
         edns: false,
+        dnssec_ok: false,
     };
     if qd > 1 {
         return Err(formerr);
@@ -328,10 +331,15 @@ pub fn parse(b: &[u8]) -> Result<Query<'_>, ParseError> {
         if edns.is_some() || b[start] != 0 {
             return Err(formerr);
         }
-        edns = Some(parse_opt(b, after_name).ok_or_else(|| formerr.clone())?);
-        if let ParseError::FormErr { edns: e, .. } = &mut formerr {
+        let opt = parse_opt(b, after_name).ok_or_else(|| formerr.clone())?;
+        if let ParseError::FormErr {
+            edns: e, dnssec_ok, ..
+        } = &mut formerr
+        {
             *e = true;
+            *dnssec_ok = opt.dnssec_ok;
         }
+        edns = Some(opt);
     }
     if pos != b.len() {
         return Err(formerr); // trailing garbage
@@ -430,9 +438,9 @@ pub struct ResponseHeader {
     pub id: u16,
     /// Copied from the query.
     pub opcode: u8,
-    /// Copied from the query.
+    /// Copied from a standard query (see [`ResponseHeader::reply_to`]).
     pub rd: bool,
-    /// Copied from the query.
+    /// Copied from a standard query (see [`ResponseHeader::reply_to`]).
     pub cd: bool,
     /// Authoritative answer.
     pub aa: bool,
@@ -440,6 +448,27 @@ pub struct ResponseHeader {
     pub tc: bool,
     /// 12-bit response code; the upper 8 bits travel in OPT.
     pub rcode: u16,
+}
+
+impl ResponseHeader {
+    /// The header of a reply to a query with this ID, opcode and RD/CD bits, before the rcode
+    /// and AA are decided.
+    ///
+    /// RD (RFC 1035 §4.1.1), CD (RFC 4035 §3.1.6), and AD, RA and AA are defined for standard
+    /// queries only; a reply to another opcode (NOTIFY, UPDATE, STATUS, unassigned ones) echoes
+    /// the ID and the opcode and carries none of them — a NOTIMP to opcode 15 with RD set would
+    /// claim meaning for a bit that opcode does not have. (We never set AD or RA, and set AA
+    /// only on QUERY answers from a zone.)
+    pub fn reply_to(id: u16, op: u8, rd: bool, cd: bool) -> Self {
+        let query = op == opcode::QUERY;
+        Self {
+            id,
+            opcode: op,
+            rd: rd && query,
+            cd: cd && query,
+            ..Default::default()
+        }
+    }
 }
 
 /// One record to emit, with the TTL to use.
@@ -653,6 +682,10 @@ pub struct OptOut {
     pub payload: u16,
     /// ECS echoed back, with the scope prefix we answer for.
     pub ecs: Option<(ClientSubnet, u8)>,
+    /// The query's DO bit, copied (RFC 3225 §3: "The DO bit of the query MUST be copied in the
+    /// response"). We sign nothing, so a set DO adds no records; it only tells the client its
+    /// OPT was understood.
+    pub dnssec_ok: bool,
 }
 
 /// Sections of a response.
@@ -734,12 +767,13 @@ fn encode_into(
         }
     }
     if let Some(o) = opt {
-        // Root owner, type OPT, payload, extended rcode, version 0, flags (DO clear: we do not
-        // sign), then RDLENGTH and the ECS option if any.
+        // Root owner, type OPT, payload, extended rcode, version 0, flags (DO copied from the
+        // query), then RDLENGTH and the ECS option if any.
         let mut b = [0u8; 11 + 4 + 4 + 16];
         b[1..3].copy_from_slice(&TYPE_OPT.to_be_bytes());
         b[3..5].copy_from_slice(&o.payload.to_be_bytes());
         b[5] = ((h.rcode >> 4) & 0xFF) as u8;
+        b[7] = u8::from(o.dnssec_ok) << 7;
         let len = match &o.ecs {
             Some((ecs, scope)) => {
                 let alen = ecs.addr_len();

@@ -94,7 +94,14 @@ fn check(f: &Fixture, req: &[u8], transport: Transport, sent: bool, out: &[u8]) 
     assert_eq!(md.id, u16::from_be_bytes([req[0], req[1]]), "ID not echoed");
     assert_eq!(md.message_type, MessageType::Response, "QR not set");
     assert_eq!(out[2] >> 3 & 0x0F, req[2] >> 3 & 0x0F, "opcode not copied");
-    assert_eq!(out[2] & 1, req[2] & 1, "RD not copied");
+    // RD and CD mean something only in a standard query (opcode 0); other opcodes get neither.
+    let query = req[2] >> 3 & 0x0F == 0;
+    assert_eq!(out[2] & 1, req[2] & 1 & u8::from(query), "RD not copied / leaked");
+    assert_eq!(out[3] & 0xA0, 0, "RA or AD set");
+    if !query {
+        assert_eq!(out[2] & 0x04, 0, "AA on a reply to opcode {}", req[2] >> 3 & 0x0F);
+        assert_eq!(out[3] & 0x10, 0, "CD on a reply to opcode {}", req[2] >> 3 & 0x0F);
+    }
 
     // OPT in the answer exactly when the request had a well-formed one.
     let req_edns = match &parsed {

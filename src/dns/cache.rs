@@ -1,7 +1,8 @@
 //! Per-worker cache of encoded static answers.
 //!
 //! A static answer (a zone lookup, not a traffic profile) depends only on the serving state
-//! and on the question — name (case aside), type, class — and on whether the query had EDNS;
+//! and on the question — name (case aside), type, class — and on whether the query had EDNS
+//! and with which DO bit (copied into our OPT, RFC 3225);
 //! everything else that differs between two such queries is patched into a copy: the ID, the
 //! RD and CD bits, and the question's bytes (the client's spelling of the name; every other
 //! name in the answer points into it, at the same offsets). So the second query for a name
@@ -48,15 +49,18 @@ thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
 }
 
-/// The cache key: lower-cased name, type, class, EDNS or not. Built in a stack buffer.
+/// The cache key: lower-cased name, type, class, EDNS or not and its DO bit. Built in a stack
+/// buffer.
 pub struct Key {
     buf: [u8; 255 + 5],
     len: usize,
 }
 
 impl Key {
-    /// Key of a question.
-    pub fn new(lower_name: &[u8], qtype: u16, qclass: u16, edns: bool) -> Option<Self> {
+    /// Key of a question; `edns` is the query's DO bit, `None` without EDNS. DO is keyed rather
+    /// than patched: an answer cached for a DO query must never reach a query without it, nor
+    /// the other way round.
+    pub fn new(lower_name: &[u8], qtype: u16, qclass: u16, edns: Option<bool>) -> Option<Self> {
         let n = lower_name.len();
         if n > 255 {
             return None;
@@ -65,7 +69,11 @@ impl Key {
         buf[..n].copy_from_slice(lower_name);
         buf[n..n + 2].copy_from_slice(&qtype.to_be_bytes());
         buf[n + 2..n + 4].copy_from_slice(&qclass.to_be_bytes());
-        buf[n + 4] = u8::from(edns);
+        buf[n + 4] = match edns {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2,
+        };
         Some(Self { buf, len: n + 5 })
     }
 

@@ -102,15 +102,13 @@ impl Handler {
                 opcode,
                 rd,
                 edns,
+                dnssec_ok,
             }) => {
                 let h = ResponseHeader {
-                    id,
-                    opcode,
-                    rd,
                     rcode: rcode::FORMERR,
-                    ..Default::default()
+                    ..ResponseHeader::reply_to(id, opcode, rd, false)
                 };
-                let opt = edns.then(|| self.opt(None));
+                let opt = edns.then(|| self.opt(dnssec_ok, None));
                 let sent =
                     wire::encode(out, &h, None, &Sections::default(), opt.as_ref(), 512).is_ok();
                 self.metrics.query(tcp, rcode::FORMERR, elapsed_ns(started));
@@ -133,14 +131,10 @@ impl Handler {
                     // gets nothing bigger than its query.
                     self.metrics.rrl_slipped.inc();
                     let h = ResponseHeader {
-                        id: q.id,
-                        opcode: q.opcode,
-                        rd: q.rd,
-                        cd: q.cd,
                         tc: true,
-                        ..Default::default()
+                        ..ResponseHeader::reply_to(q.id, q.opcode, q.rd, q.cd)
                     };
-                    let opt = q.edns.map(|_| self.opt(None));
+                    let opt = q.edns.map(|e| self.opt(e.dnssec_ok, None));
                     return wire::encode(
                         out,
                         &h,
@@ -188,7 +182,8 @@ impl Handler {
     }
 
     /// The answer-cache key of a query that may be answered from the cache: a standard query
-    /// with one question, no EDNS Client Subnet and EDNS version 0 (or no EDNS).
+    /// with one question, no EDNS Client Subnet and EDNS version 0 (or no EDNS). The DO bit is
+    /// part of the key: it is copied into the answer's OPT.
     fn cache_key(&self, q: &Query<'_>) -> Option<super::cache::Key> {
         if !self.answer_cache || q.opcode != opcode::QUERY {
             return None;
@@ -201,14 +196,16 @@ impl Handler {
             question.name.lower(),
             question.qtype,
             question.qclass,
-            q.edns.is_some(),
+            q.edns.map(|e| e.dnssec_ok),
         )
     }
 
-    fn opt(&self, ecs: Option<(wire::ClientSubnet, u8)>) -> OptOut {
+    /// Our OPT for a reply to a query whose OPT had DO = `dnssec_ok`.
+    fn opt(&self, dnssec_ok: bool, ecs: Option<(wire::ClientSubnet, u8)>) -> OptOut {
         OptOut {
             payload: self.edns_payload,
             ecs,
+            dnssec_ok,
         }
     }
 
@@ -223,13 +220,7 @@ impl Handler {
         out: &mut Vec<u8>,
         reusable: &mut Option<std::sync::Arc<crate::base::Counter>>,
     ) -> bool {
-        let mut h = ResponseHeader {
-            id: q.id,
-            opcode: q.opcode,
-            rd: q.rd,
-            cd: q.cd,
-            ..Default::default()
-        };
+        let mut h = ResponseHeader::reply_to(q.id, q.opcode, q.rd, q.cd);
         let limit = match (transport, &q.edns) {
             (Transport::Tcp, _) => u16::MAX,
             (Transport::Udp, None) => 512,
@@ -245,11 +236,18 @@ impl Handler {
             };
 
         // RFC 6891 §6.1.3: a version we do not implement gets BADVERS and our version (0).
-        if q.edns.is_some_and(|e| e.version > 0) {
-            return reply_error(&mut h, rcode::BADVERS, Some(self.opt(None)), out);
+        if let Some(e) = q.edns.filter(|e| e.version > 0) {
+            return reply_error(
+                &mut h,
+                rcode::BADVERS,
+                Some(self.opt(e.dnssec_ok, None)),
+                out,
+            );
         }
         // Static answers do not depend on the client: echo ECS with scope 0 (RFC 7871 §7.2.1).
-        let opt = q.edns.map(|e| self.opt(e.ecs.map(|ecs| (ecs, 0))));
+        let opt = q
+            .edns
+            .map(|e| self.opt(e.dnssec_ok, e.ecs.map(|ecs| (ecs, 0))));
         match q.opcode {
             opcode::QUERY => {}
             opcode::NOTIFY | opcode::UPDATE => {
@@ -363,7 +361,7 @@ impl Handler {
             RecordType::CNAME => Family::Any,
             RecordType::ANY => {
                 s.answer.push(Rr::at_qname(&self.any_hinfo));
-                let opt = q.edns.map(|_| self.opt(ecs.map(|e| (e, 0))));
+                let opt = q.edns.map(|o| self.opt(o.dnssec_ok, ecs.map(|e| (e, 0))));
                 return finish(out, h, qraw, s, opt, limit, false);
             }
             _ => {
@@ -372,7 +370,7 @@ impl Handler {
                     &zone.negative_soa,
                     zone.negative_soa_wire.as_ref(),
                 ));
-                let opt = q.edns.map(|_| self.opt(ecs.map(|e| (e, 0))));
+                let opt = q.edns.map(|o| self.opt(o.dnssec_ok, ecs.map(|e| (e, 0))));
                 return finish(out, h, qraw, s, opt, limit, false);
             }
         };
@@ -389,7 +387,9 @@ impl Handler {
         for e in &sel.picked {
             e.answers.inc();
         }
-        let opt = q.edns.map(|_| self.opt(ecs.map(|e| (e, sel.scope))));
+        let opt = q
+            .edns
+            .map(|o| self.opt(o.dnssec_ok, ecs.map(|e| (e, sel.scope))));
         if sel.records.is_empty() {
             s.authority.push(Rr::at_apex(
                 &zone.negative_soa,
@@ -426,7 +426,9 @@ impl Handler {
     ) -> bool {
         let qraw = q.question.as_ref().map(|qq| qq.raw);
         let ecs = q.edns.and_then(|e| e.ecs);
-        let opt = q.edns.map(|_| self.opt(ecs.map(|e| (e, e.source_prefix))));
+        let opt = q
+            .edns
+            .map(|o| self.opt(o.dnssec_ok, ecs.map(|e| (e, e.source_prefix))));
         if !state.why_acl.iter().any(|n| n.contains(&src.ip())) {
             h.aa = false;
             h.rcode = rcode::REFUSED;
@@ -438,7 +440,7 @@ impl Handler {
         } else {
             Family::V4
         };
-        let client = state.locate_client(ecs, src);
+        let (client, placed) = state.locate_client_traced(ecs, src);
         let health = self.health.load();
         let mut trace = crate::routing::Explain::default();
         let sel = state
@@ -450,6 +452,7 @@ impl Handler {
             src.ip(),
             ecs,
             client.loc,
+            placed,
             trace,
             &sel,
         );
@@ -752,5 +755,191 @@ mod tests {
             rcode::NXDOMAIN as u8,
             "answered from the old state's cache"
         );
+    }
+}
+
+#[cfg(test)]
+mod location_chain_tests {
+    use super::*;
+    use crate::locate::LocatedBy;
+
+    fn state() -> State {
+        let config = crate::config::Config::load(None).expect("embedded config");
+        crate::state::build(&config).expect("bundled zones")
+    }
+
+    fn ecs(net: &str) -> Option<wire::ClientSubnet> {
+        let n: ipnet::IpNet = net.parse().unwrap();
+        Some(wire::ClientSubnet {
+            family: if n.addr().is_ipv4() { 1 } else { 2 },
+            source_prefix: n.prefix_len(),
+            addr: n.addr(),
+        })
+    }
+
+    /// ECS location, else the resolver's, else none; the client's address and network stay
+    /// the ECS ones on the resolver step (they bound the scope and match subnets and drills).
+    #[test]
+    fn ecs_then_resolver_then_nothing() {
+        let s = state();
+        let located: SocketAddr = ([127, 0, 0, 1], 53).into(); // Frankfurt in the sample
+        let unknown: SocketAddr = ([10, 9, 9, 9], 53).into(); // absent from the sample
+        // (ECS, source, step, ECS unlocated, located from, client address, network, country)
+        let rows = [
+            (
+                ecs("81.2.69.0/24"),
+                unknown,
+                LocatedBy::Ecs,
+                false,
+                Some("81.2.69.0"),
+                "81.2.69.0",
+                24,
+                Some("GB"),
+            ),
+            (
+                ecs("10.1.2.0/24"),
+                located,
+                LocatedBy::Resolver,
+                true,
+                Some("127.0.0.1"),
+                "10.1.2.0",
+                7,
+                Some("DE"),
+            ),
+            (
+                ecs("fd00:1::/48"),
+                ([0, 0, 0, 0, 0, 0, 0, 1], 53).into(),
+                LocatedBy::Resolver,
+                true,
+                Some("::1"),
+                "fd00:1::",
+                1, // nothing at all in 8000::/1 of the sample database
+                Some("DE"),
+            ),
+            (
+                ecs("10.1.2.0/24"),
+                unknown,
+                LocatedBy::None,
+                true,
+                None,
+                "10.1.2.0",
+                7,
+                None,
+            ),
+            (
+                None,
+                located,
+                LocatedBy::Resolver,
+                false,
+                Some("127.0.0.1"),
+                "127.0.0.1",
+                8,
+                Some("DE"),
+            ),
+            (
+                ecs("0.0.0.0/0"),
+                located,
+                LocatedBy::Resolver,
+                false,
+                Some("127.0.0.1"),
+                "127.0.0.1",
+                8,
+                Some("DE"),
+            ),
+            (
+                None,
+                unknown,
+                LocatedBy::None,
+                false,
+                None,
+                "10.9.9.9",
+                7,
+                None,
+            ),
+        ];
+        for (e, src, by, ecs_unlocated, from, addr, prefix, country) in rows {
+            let (c, p) = s.locate_client_traced(e, src);
+            let what = format!("{e:?} from {src}");
+            assert_eq!(p.by, by, "{what}");
+            assert_eq!(p.ecs_unlocated, ecs_unlocated, "{what}");
+            assert_eq!(p.from.map(|a| a.to_string()).as_deref(), from, "{what}");
+            assert_eq!(
+                c.loc.addr.map(|a| a.to_string()).as_deref(),
+                Some(addr),
+                "{what}"
+            );
+            assert_eq!(c.loc.prefix_len, prefix, "{what}");
+            assert_eq!(
+                c.loc.country.map(|c| c.to_string()).as_deref(),
+                country,
+                "{what}"
+            );
+            assert_eq!(c.ecs_source, e.map(|e| e.source_prefix), "{what}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod do_bit_tests {
+    use super::*;
+
+    /// `www.example.test` A with an OPT whose DO bit is `dnssec_ok`, or no OPT.
+    fn query(id: u16, edns: Option<bool>) -> Vec<u8> {
+        let mut p = id.to_be_bytes().to_vec();
+        p.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, u8::from(edns.is_some())]);
+        p.extend_from_slice(b"\x03www\x07example\x04test\x00\x00\x01\x00\x01");
+        if let Some(dnssec_ok) = edns {
+            p.extend_from_slice(&[
+                0,
+                0,
+                41,
+                0x04,
+                0xd0,
+                0,
+                0,
+                u8::from(dnssec_ok) << 7,
+                0,
+                0,
+                0,
+            ]);
+        }
+        p
+    }
+
+    /// The DO bit of the answer's OPT (`None`: no OPT). Static answers without ECS end with
+    /// the 11-byte OPT.
+    fn do_bit(answer: &[u8]) -> Option<bool> {
+        let arcount = u16::from_be_bytes([answer[10], answer[11]]);
+        let opt = answer.len().checked_sub(11)?;
+        (arcount > 0 && answer[opt + 1..opt + 3] == [0, 41]).then(|| answer[opt + 7] & 0x80 != 0)
+    }
+
+    /// A cached answer carries the DO bit of the query it answers, never that of the query it
+    /// was cached for.
+    #[test]
+    fn cached_answers_copy_the_do_bit_of_their_own_query() {
+        let config = crate::config::Config::load(None).expect("embedded config");
+        let state = Arc::new(ArcSwap::from_pointee(
+            crate::state::build(&config).expect("bundled zones"),
+        ));
+        let health = Arc::new(ArcSwap::from_pointee(HealthSnapshot::default()));
+        let metrics = Arc::new(Metrics::default());
+        let h = Handler::new(state, health, metrics.clone(), 1232);
+        let src: SocketAddr = ([127, 0, 0, 1], 5000).into();
+        let order = [
+            Some(true),
+            Some(true),
+            Some(false),
+            Some(false),
+            Some(true),
+            None,
+            Some(true),
+        ];
+        let mut out = Vec::new();
+        for (i, edns) in order.into_iter().enumerate() {
+            assert!(h.handle(&query(i as u16, edns), src, Transport::Udp, &mut out));
+            assert_eq!(do_bit(&out), edns, "query {i} ({edns:?})");
+        }
+        assert!(metrics.answer_cache_hits.get() >= 3, "the cache was used");
     }
 }

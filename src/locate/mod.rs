@@ -65,7 +65,10 @@ impl Serialize for Code {
 /// Where a client is, as far as the databases know.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Location {
-    /// The address that was looked up (ECS address or query source).
+    /// The address that was looked up (ECS address or query source). When an ECS address has
+    /// no location and the resolver's is used instead (`dns::handler::locate_client_traced`),
+    /// this stays the ECS address, and `prefix_len` its network: they identify the client,
+    /// while the fields below describe where its resolver is.
     pub addr: Option<IpAddr>,
     /// Coordinates, if the database has them.
     pub point: Option<GeoPoint>,
@@ -87,6 +90,32 @@ impl Location {
     pub fn is_known(&self) -> bool {
         self.point.is_some() || self.country.is_some() || self.continent.is_some()
     }
+}
+
+/// Which step of the client-location fallback chain placed the client: the ECS subnet's
+/// address, else the resolver's own (query source) address, else nowhere (each routing method
+/// then uses its location-free order; `performance`: the profile's endpoint order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocatedBy {
+    /// The EDNS Client Subnet address had a location.
+    Ecs,
+    /// The resolver's address: the query had no usable ECS (none, or source prefix 0), or its
+    /// subnet has no location.
+    Resolver,
+    /// Neither address has a location.
+    None,
+}
+
+/// How the client was located, for `explain` and `_why`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Placement {
+    /// The step that supplied the location.
+    pub by: LocatedBy,
+    /// The address whose database record supplied it (`None` when nowhere).
+    pub from: Option<IpAddr>,
+    /// An ECS address was given (source prefix > 0) but has no location.
+    pub ecs_unlocated: bool,
 }
 
 #[derive(Deserialize, Default)]

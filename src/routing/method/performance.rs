@@ -189,21 +189,22 @@ pub(super) fn pick<'a>(
             scope,
         );
     }
-    // Unknown location: lowest probe RTT, then profile order.
-    let i = cands
-        .iter()
-        .copied()
-        .min_by(|&a, &b| {
-            let ra = health.get(&eps[a].key).rtt_ms.unwrap_or(f64::INFINITY);
-            let rb = health.get(&eps[b].key).rtt_ms.unwrap_or(f64::INFINITY);
-            ra.total_cmp(&rb).then(a.cmp(&b))
-        })
-        .unwrap_or(cands[0]);
+    // No location (neither the ECS address nor the resolver's: see
+    // `State::locate_client_traced`): the profile's declared order, the first served endpoint
+    // in the file — as gdnsd answers unlocatable clients from its declared datacenter order.
+    // Probe RTT does not rank here: it measures how far the endpoint is from *this server*, not
+    // from the client, and file positions are unique, so it has no tie to break.
+    let i = cands.iter().copied().min().unwrap_or(cands[0]);
     let name = &eps[i].name;
+    let known = client.loc.is_known();
     (
         smallvec::smallvec![i],
         lazy(want, move || {
-            format!("{name}: client location unknown; lowest probe RTT, then profile order")
+            if known {
+                format!("{name}: client location has no coordinates; first served in profile order")
+            } else {
+                format!("{name}: client location unknown; first served in profile order")
+            }
         }),
         scope,
     )
