@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::base::Clock;
+
 use crate::base::ConfigErrors;
 use crate::config::Config;
 use crate::dns::Handler;
@@ -51,119 +53,144 @@ pub fn load(config_path: Option<&Path>) -> Result<Loaded, ConfigErrors> {
     })
 }
 
-/// Serves until SIGINT or SIGTERM, then drains. Runs its own tokio runtime.
-pub fn serve(loaded: Loaded) -> anyhow::Result<()> {
-    let Loaded {
-        config_path,
-        config,
-        state,
-        mut persisted,
-    } = loaded;
-    for z in state.zones.iter() {
-        info!(zone = %z.origin, file = %z.file.display(), names = z.nodes.len(), "zone loaded");
-    }
-    for p in &state.routing.profiles {
-        info!(profile = %p.owner, method = ?p.method, endpoints = p.endpoints.len(), "profile loaded");
-    }
-    let bound = server::bind(&config.udp, &config.tcp, config.workers)?;
+/// Sockets bound before serving (port 0 resolved), so `main` can log them and tests can read
+/// the ports back before the first query.
+pub struct Bound {
+    /// DNS sockets (UDP per worker, TCP listeners).
+    pub dns: server::Bound,
+    /// The admin API listener, if configured.
+    pub admin: Option<std::net::TcpListener>,
+}
+
+/// Binds every configured socket (DNS and admin API) without serving.
+pub fn bind(config: &Config) -> anyhow::Result<Bound> {
+    let dns = server::bind(&config.udp, &config.tcp, config.workers)?;
     let admin = match config.admin_listen {
         Some(a) => {
             Some(api::bind(a).with_context(|| format!("failed to bind the admin API to {a}"))?)
         }
         None => None,
     };
-    persisted.prune(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers)
-        .thread_name("geosteer-worker")
-        .enable_all()
-        .build()
-        .context("failed to start the tokio runtime")?;
-    runtime.block_on(async move {
-        let state = Arc::new(ArcSwap::from_pointee(state));
-        let health = Arc::new(ArcSwap::from_pointee(HealthSnapshot::default()));
-        let metrics = Arc::new(Metrics::default());
-        let handler = Arc::new(
-            Handler::new(
-                state.clone(),
-                health.clone(),
-                metrics.clone(),
-                config.edns_udp_payload,
-            )
-            .with_rrl(crate::dns::rrl::Rrl::new(config.rrl.clone())),
-        );
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let limits = TcpLimits {
-            max_connections: config.tcp_max_connections,
-            idle_timeout: config.tcp_idle_timeout,
-            max_per_source: config.tcp_max_per_source,
-            write_timeout: config.tcp_write_timeout,
-        };
-        // Probing starts before serving; answers never wait for it (unprobed = CheckingEndpoint,
-        // which is served).
-        let prober = crate::probing::prober::spawn(
-            &state.load().routing,
-            persisted.forced.clone(),
-            health.clone(),
-            shutdown.clone(),
-            &tracker,
-        );
-        let grace = config.shutdown_grace;
-        let workers = config.workers;
-        let control = Control::new(
-            config_path,
-            config,
-            state,
-            health,
-            metrics,
-            handler.clone(),
-            prober,
-            persisted,
-        );
-        control.resume_drills().await;
-        tracker.spawn(reload::on_sighup(control.clone(), shutdown.clone()));
-        tracker.spawn(reload::watch_files(control.clone(), shutdown.clone()));
-        if let Some(l) = admin {
-            let l = tokio::net::TcpListener::from_std(l).context("admin listener")?;
-            info!(proto = "http", addr = %l.local_addr()?, "admin API listening");
-            tracker.spawn(api::serve(l, control.clone(), shutdown.clone()));
-        }
-        server::spawn(bound, handler, limits, shutdown.clone(), &tracker)
-            .context("failed to register sockets with the runtime")?;
-        info!(workers, "geosteer serving");
-        wait_for_signal().await;
-        info!("shutting down: no new queries; draining open connections");
-        shutdown.cancel();
-        tracker.close();
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            warn!(?grace, "connections still open after the grace period");
-        }
-        info!("stopped");
-        Ok(())
-    })
+    Ok(Bound { dns, admin })
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut int, mut term) = match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(i), Ok(t)) => (i, t),
-        _ => {
-            // Without signal handlers we still serve; Ctrl-C then kills the process outright.
-            warn!("cannot install signal handlers; graceful shutdown unavailable");
-            std::future::pending::<()>().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = int.recv() => info!(signal = "SIGINT", "signal received"),
-        _ = term.recv() => info!(signal = "SIGTERM", "signal received"),
+/// How the embedding process drives a running server besides shutdown.
+pub struct Inputs {
+    /// Wall time for the control plane (forced-state and drill expiry, status times) and the
+    /// prober: [`Clock::system`] in production, [`Clock::following_tokio`] under paused time.
+    pub clock: Clock,
+    /// Each message asks for a reload, as SIGHUP does (`main` forwards SIGHUP here).
+    pub reloads: tokio::sync::mpsc::Receiver<()>,
+}
+
+/// Serves `loaded` on `bound` until `shutdown` completes, then drains open TCP connections
+/// for up to `shutdown_grace`. Needs a running tokio runtime; installs no signal handlers
+/// (mini-redis's `server::run(listener, shutdown)`: the caller owns the process).
+///
+/// `ready` (if given) receives the control plane once everything is serving, so an embedder
+/// (tests) can drive forces, drills and reloads in-process.
+pub async fn run(
+    loaded: Loaded,
+    bound: Bound,
+    inputs: Inputs,
+    ready: Option<tokio::sync::oneshot::Sender<Arc<Control>>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Loaded {
+        config_path,
+        config,
+        state,
+        mut persisted,
+    } = loaded;
+    let Inputs { clock, mut reloads } = inputs;
+    for z in state.zones.iter() {
+        info!(zone = %z.origin, file = %z.file.display(), names = z.nodes.len(), "zone loaded");
     }
+    for p in &state.routing.profiles {
+        info!(profile = %p.owner, method = ?p.method, endpoints = p.endpoints.len(), "profile loaded");
+    }
+    persisted.prune(clock.unix_secs());
+    let state = Arc::new(ArcSwap::from_pointee(state));
+    let health = Arc::new(ArcSwap::from_pointee(HealthSnapshot::default()));
+    let metrics = Arc::new(Metrics::default());
+    let handler = Arc::new(
+        Handler::new(
+            state.clone(),
+            health.clone(),
+            metrics.clone(),
+            config.edns_udp_payload,
+        )
+        .with_rrl(crate::dns::rrl::Rrl::new(config.rrl.clone())),
+    );
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let limits = TcpLimits {
+        max_connections: config.tcp_max_connections,
+        idle_timeout: config.tcp_idle_timeout,
+        max_per_source: config.tcp_max_per_source,
+        write_timeout: config.tcp_write_timeout,
+    };
+    // Probing starts before serving; answers never wait for it (unprobed = CheckingEndpoint,
+    // which is served).
+    let prober = crate::probing::prober::spawn(
+        &state.load().routing,
+        persisted.forced.clone(),
+        health.clone(),
+        clock,
+        stop.clone(),
+        &tracker,
+    );
+    let grace = config.shutdown_grace;
+    let workers = config.workers;
+    let control = Control::new(
+        config_path,
+        config,
+        state,
+        health,
+        metrics,
+        handler.clone(),
+        prober,
+        persisted,
+        clock,
+    );
+    control.resume_drills().await;
+    {
+        let (control, stop) = (control.clone(), stop.clone());
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = reloads.recv() => {
+                        if r.is_none() { return; }
+                        info!("reload requested (SIGHUP)");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = control.reload("SIGHUP") => {}
+                        }
+                    }
+                }
+            }
+        });
+    }
+    tracker.spawn(reload::watch_files(control.clone(), stop.clone()));
+    if let Some(l) = bound.admin {
+        let l = tokio::net::TcpListener::from_std(l).context("admin listener")?;
+        info!(proto = "http", addr = %l.local_addr()?, "admin API listening");
+        tracker.spawn(api::serve(l, control.clone(), stop.clone()));
+    }
+    server::spawn(bound.dns, handler, limits, stop.clone(), &tracker)
+        .context("failed to register sockets with the runtime")?;
+    info!(workers, "geosteer serving");
+    if let Some(tx) = ready {
+        let _ = tx.send(control.clone());
+    }
+    shutdown.await;
+    info!("shutting down: no new queries; draining open connections");
+    stop.cancel();
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(?grace, "connections still open after the grace period");
+    }
+    info!("stopped");
+    Ok(())
 }

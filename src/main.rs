@@ -302,7 +302,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&loaded.config.log_level, loaded.config.log_format);
-            match app::serve(loaded) {
+            match serve(loaded) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -311,5 +311,60 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// Serves until SIGINT or SIGTERM: `main` owns the runtime and the signals; the server itself
+/// ([`app::run`]) is embeddable and takes its shutdown and reload triggers as inputs.
+fn serve(loaded: app::Loaded) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let bound = app::bind(&loaded.config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(loaded.config.workers)
+        .thread_name("geosteer-worker")
+        .enable_all()
+        .build()
+        .context("failed to start the tokio runtime")?;
+    runtime.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (tx, reloads) = tokio::sync::mpsc::channel(1);
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        // A reload already queued covers this one too.
+                        let _ = tx.try_send(());
+                    }
+                });
+            }
+            Err(_) => tracing::warn!(
+                "cannot install a SIGHUP handler; reload with the admin API or by editing files"
+            ),
+        }
+        let inputs = app::Inputs {
+            clock: geosteer::base::Clock::system(),
+            reloads,
+        };
+        app::run(loaded, bound, inputs, None, wait_for_signal()).await
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut int, mut term) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(i), Ok(t)) => (i, t),
+        _ => {
+            // Without signal handlers we still serve; Ctrl-C then kills the process outright.
+            tracing::warn!("cannot install signal handlers; graceful shutdown unavailable");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
     }
 }

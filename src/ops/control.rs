@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use super::drill::{self, DrillRecord, DrillRequest, DrillStatus, SampleResult};
 use super::store::Persisted;
+use crate::base::Clock;
 use crate::config::Config;
 use crate::dns::Handler;
 use crate::health::{Force, ForceAction, ForceEntry, ForceTarget, HealthSnapshot};
@@ -84,18 +85,9 @@ pub struct Control {
     /// Last reload outcome.
     pub reload_status: Mutex<ReloadStatus>,
     drill_stops: Mutex<HashMap<String, Arc<Notify>>>,
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn now_unix_f() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    /// Wall time (expiry of forces and drills, status times): injected, so drills run under
+    /// paused tokio time in tests.
+    clock: Clock,
 }
 
 /// Parses "10m", "90s", "1h30m".
@@ -115,8 +107,10 @@ impl Control {
         handler: Arc<Handler>,
         prober: Prober,
         persisted: Persisted,
+        clock: Clock,
     ) -> Arc<Self> {
         Arc::new(Self {
+            clock,
             config_path,
             config: ArcSwap::from_pointee(config),
             state,
@@ -130,7 +124,7 @@ impl Control {
             loads_running: Arc::default(),
             reload_status: Mutex::new(ReloadStatus {
                 generation: 1,
-                at_unix: now_unix_f(),
+                at_unix: clock.unix_f64(),
                 trigger: "start".into(),
                 error: None,
             }),
@@ -146,7 +140,7 @@ impl Control {
     /// Forced states in effect.
     pub fn forced(&self) -> Vec<ForceEntry> {
         let mut p = self.persisted();
-        p.prune(now_unix());
+        p.prune(self.clock.unix_secs());
         p.forced.clone()
     }
 
@@ -161,7 +155,7 @@ impl Control {
         let _serial = self.save_lock.lock().await;
         let forced = {
             let mut p = self.persisted();
-            p.prune(now_unix());
+            p.prune(self.clock.unix_secs());
             p.forced.clone()
         };
         self.prober.set_forced(forced).await;
@@ -175,7 +169,7 @@ impl Control {
     async fn save(&self) -> Result<(), String> {
         let (snapshot, path) = {
             let mut p = self.persisted();
-            p.prune(now_unix());
+            p.prune(self.clock.unix_secs());
             (p.clone(), self.config.load().state_file.clone())
         };
         let shown = path.display().to_string();
@@ -227,7 +221,7 @@ impl Control {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        status.at_unix = now_unix_f();
+        status.at_unix = self.clock.unix_f64();
         status.trigger = trigger.to_string();
         let result = match loaded {
             Ok((config, state)) => {
@@ -381,7 +375,7 @@ impl Control {
                         action,
                         scope,
                         reason: reason.clone(),
-                        until: duration.map(|d| now_unix() + d.as_secs().max(1)),
+                        until: duration.map(|d| self.clock.unix_secs() + d.as_secs().max(1)),
                     },
                     drill: None,
                 });
@@ -451,11 +445,12 @@ impl Control {
         if samples.is_empty() {
             return Err("no sample subnets: set [admin] drill_samples or give --scope".into());
         }
-        let started = now_unix();
+        let started = self.clock.unix_secs();
         let id = format!(
             "d{}",
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
+            self.clock
+                .now()
+                .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis())
         );
         let predictor = self.predicted_handler(&key, &req.scope);
@@ -595,7 +590,7 @@ impl Control {
         let Some(record) = self.drills().into_iter().find(|d| d.id == id) else {
             return;
         };
-        let left = record.until_unix.saturating_sub(now_unix());
+        let left = record.until_unix.saturating_sub(self.clock.unix_secs());
         let stopped = tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(left)) => false,
             _ = stop.notified() => true,
@@ -645,7 +640,7 @@ impl Control {
     /// After a restart: drills that expired while down are marked, running ones resume their
     /// wait for expiry (their force entries were restored from the state file).
     pub async fn resume_drills(self: &Arc<Self>) {
-        let now = now_unix();
+        let now = self.clock.unix_secs();
         let mut resumed = Vec::new();
         {
             let mut p = self.persisted();

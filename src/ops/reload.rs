@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::control::Control;
 use crate::config::Config;
@@ -71,28 +71,6 @@ pub async fn watch_files(control: Arc<Control>, shutdown: CancellationToken) {
             }
             // Fingerprint what the (possibly new) configuration watches.
             last = fp(control.config.load_full()).await.unwrap_or(now);
-        }
-    }
-}
-
-/// Reloads on SIGHUP until shutdown.
-pub async fn on_sighup(control: Arc<Control>, shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        warn!("cannot install a SIGHUP handler; reload with the admin API or by editing files");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            s = hup.recv() => {
-                if s.is_none() { return; }
-                info!("SIGHUP received; reloading");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = control.reload("SIGHUP") => {}
-                }
-            }
         }
     }
 }

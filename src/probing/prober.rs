@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::load::LoadPoller;
 use super::probe::{Probe, ProbeOutcome, ProbeTls, TlsRegistry};
+use crate::base::Clock;
 use crate::health::load::CapacitySpec;
 use crate::health::monitor::{MonitorSpec, Protocol};
 use crate::health::state::Tracker;
@@ -276,6 +277,7 @@ pub fn spawn(
     table: &RoutingTable,
     forced: Vec<ForceEntry>,
     health: Arc<ArcSwap<HealthSnapshot>>,
+    clock: Clock,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Prober {
@@ -296,6 +298,7 @@ pub fn spawn(
         forced,
         state_changes: 0,
         health,
+        clock,
     };
     tasks.spawn(publisher.run(rx, Plan::of(table)));
     Prober { tx }
@@ -322,12 +325,8 @@ struct Publisher {
     forced: Vec<ForceEntry>,
     state_changes: u64,
     health: Arc<ArcSwap<HealthSnapshot>>,
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    /// Wall time for status times and forced-state expiry (injected: paused time in tests).
+    clock: Clock,
 }
 
 fn protocol_name(spec: &MonitorSpec) -> String {
@@ -376,7 +375,7 @@ impl Publisher {
             self.details.insert(
                 t.key.clone(),
                 EndpointStatus {
-                    since_unix: unix_now(),
+                    since_unix: self.clock.unix_f64(),
                     reason: "no probe result yet".into(),
                     protocol: protocol_name(&t.spec),
                     ..Default::default()
@@ -413,7 +412,7 @@ impl Publisher {
                 .entry(k.clone())
                 .or_insert_with(|| EndpointStatus {
                     state: MonitorState::Unmonitored,
-                    since_unix: unix_now(),
+                    since_unix: self.clock.unix_f64(),
                     reason: "not probed (no monitor)".into(),
                     protocol: "none".into(),
                     ..Default::default()
@@ -461,7 +460,7 @@ impl Publisher {
 
     fn publish(&mut self) {
         let now = Instant::now();
-        let unix = unix_now();
+        let unix = self.clock.unix_f64();
         let mut snap = HealthSnapshot::default();
         // Forced states in effect (expired ones are dropped here; the store prunes its file).
         let now_secs = unix as u64;

@@ -1,0 +1,233 @@
+//! The server embedded in-process (`app::run` with bound sockets, an injected clock and a
+//! shutdown future), driven under paused tokio time: drills and their expiry, a restart in the
+//! middle of a drill, and shutdown — without waiting real seconds. The end-to-end tests through
+//! the binary (tests/ops.rs) stay; these pin the control plane's timing exactly.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use geosteer::app::{self, Inputs};
+use geosteer::base::Clock;
+use geosteer::ops::control::Control;
+use geosteer::ops::drill::{self, DrillRequest, DrillStatus};
+use ipnet::IpNet;
+use tokio::sync::{mpsc, oneshot};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A configuration on free loopback ports (port 0), no admin API (the control plane is
+/// driven directly), the bundled zones and GeoIP
+/// sample, and a state file in `dir`.
+fn config(dir: &Path) -> PathBuf {
+    let r = repo();
+    let text = format!(
+        r#"
+[server]
+udp = ["127.0.0.1:0"]
+tcp = ["127.0.0.1:0"]
+workers = 1
+[zones]
+directory = "{zones}"
+[geoip]
+city = "{r}/geo/sample-city.mmdb"
+asn = "{r}/geo/sample-asn.mmdb"
+[admin]
+listen = ""
+state_file = "{state}"
+drill_samples = ["81.2.69.0/24", "216.160.83.0/24"]
+reload_poll = "1h"
+[log]
+level = "warn"
+"#,
+        zones = r.join("zones").display(),
+        r = r.display(),
+        state = dir.join("state.json").display(),
+    );
+    let path = dir.join("geosteer.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running embedded server: its control plane and the handles that stop it.
+struct Running {
+    control: Arc<Control>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _reload: mpsc::Sender<()>,
+}
+
+async fn start(cfg: &Path, clock: Clock) -> Running {
+    let loaded = app::load(Some(cfg)).expect("config loads");
+    let bound = app::bind(&loaded.config).expect("binds port 0");
+    let (reload, reloads) = mpsc::channel(1);
+    let (ready_tx, ready) = oneshot::channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app::run(
+        loaded,
+        bound,
+        Inputs { clock, reloads },
+        Some(ready_tx),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let control = ready.await.expect("server ready");
+    Running {
+        control,
+        stop,
+        task,
+        _reload: reload,
+    }
+}
+
+async fn shut(r: Running) {
+    let _ = r.stop.send(());
+    r.task.await.unwrap().unwrap();
+}
+
+fn london() -> IpNet {
+    "81.2.69.0/24".parse().unwrap()
+}
+
+/// What the steered name answers a London client, through the server's own handler.
+fn answer(c: &Control) -> String {
+    drill::resolve(&c.handler, "mqtt.example.test", &london())
+}
+
+/// Lets spawned tasks run without moving paused time.
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn drill(c: &Control, id: &str) -> drill::DrillRecord {
+    c.drills().into_iter().find(|d| d.id == id).expect("drill")
+}
+
+/// Advances paused time in small steps until `done` holds (at most `limit`).
+async fn advance_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let step = Duration::from_millis(100);
+    let mut spent = Duration::ZERO;
+    while spent < limit {
+        if done() {
+            return true;
+        }
+        tokio::time::advance(step).await;
+        settle().await;
+        spent += step;
+    }
+    done()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drill_moves_answers_and_reverts_exactly_at_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let s = start(&cfg, Clock::following_tokio(t0)).await;
+    let before = answer(&s.control);
+    assert!(
+        before.contains("198.51.100.10"),
+        "London → westeurope: {before}"
+    );
+
+    let rec = s
+        .control
+        .start_drill(DrillRequest {
+            profile: "mqtt".into(),
+            endpoint: "westeurope".into(),
+            duration: "10m".into(),
+            scope: vec![london()],
+            dry_run: false,
+        })
+        .await
+        .expect("drill starts");
+    assert_eq!(rec.status, DrillStatus::Running);
+    assert_eq!(rec.until_unix - rec.started_unix, 600);
+    assert_eq!(rec.verified_move, Some(true), "{rec}");
+    let during = answer(&s.control);
+    assert_ne!(during, before, "London moved off westeurope");
+
+    // Ten seconds before expiry: still drilled.
+    let left = s.control.drills()[0].until_unix - Clock::following_tokio(t0).unix_secs();
+    tokio::time::advance(Duration::from_secs(left - 10)).await;
+    settle().await;
+    assert_eq!(drill(&s.control, &rec.id).status, DrillStatus::Running);
+    assert_eq!(answer(&s.control), during);
+
+    // At expiry it reverts by itself and verifies the answers came back.
+    let reverted = advance_until(Duration::from_secs(30), || {
+        drill(&s.control, &rec.id).status == DrillStatus::Done
+    })
+    .await;
+    assert!(reverted, "{}", drill(&s.control, &rec.id));
+    assert_eq!(answer(&s.control), before);
+    assert_eq!(drill(&s.control, &rec.id).verified_back, Some(true));
+    shut(s).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_mid_drill_resumes_it_and_one_after_expiry_marks_it_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let s = start(&cfg, Clock::following_tokio(t0)).await;
+    let before = answer(&s.control);
+    let rec = s
+        .control
+        .start_drill(DrillRequest {
+            profile: "mqtt".into(),
+            endpoint: "westeurope".into(),
+            duration: "5m".into(),
+            scope: vec![],
+            dry_run: false,
+        })
+        .await
+        .expect("drill starts");
+    shut(s).await;
+
+    // Restarted two minutes later: the drill is still on (from the state file) and still
+    // ends at its original expiry.
+    let later = Clock::following_tokio(t0 + Duration::from_secs(120));
+    let s = start(&cfg, later).await;
+    assert_eq!(drill(&s.control, &rec.id).status, DrillStatus::Running);
+    assert_ne!(
+        answer(&s.control),
+        before,
+        "still drilled after the restart"
+    );
+    tokio::time::advance(Duration::from_secs(rec.until_unix - later.unix_secs() - 5)).await;
+    settle().await;
+    assert_eq!(drill(&s.control, &rec.id).status, DrillStatus::Running);
+    let reverted = advance_until(Duration::from_secs(30), || {
+        drill(&s.control, &rec.id).status == DrillStatus::Done
+    })
+    .await;
+    assert!(reverted, "{}", drill(&s.control, &rec.id));
+    assert_eq!(answer(&s.control), before);
+    shut(s).await;
+
+    // A drill whose expiry passed while geosteer was down is marked Expired at start and its
+    // force is not applied.
+    let s = start(&cfg, Clock::following_tokio(t0)).await;
+    let rec = s
+        .control
+        .start_drill(DrillRequest {
+            profile: "mqtt".into(),
+            endpoint: "westeurope".into(),
+            duration: "1m".into(),
+            scope: vec![],
+            dry_run: false,
+        })
+        .await
+        .expect("drill starts");
+    shut(s).await;
+    let s = start(&cfg, Clock::following_tokio(t0 + Duration::from_secs(3600))).await;
+    assert_eq!(drill(&s.control, &rec.id).status, DrillStatus::Expired);
+    assert_eq!(answer(&s.control), before);
+    shut(s).await;
+}
