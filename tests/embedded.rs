@@ -22,6 +22,11 @@ fn repo() -> PathBuf {
 /// driven directly), the bundled zones and GeoIP
 /// sample, and a state file in `dir`.
 fn config(dir: &Path) -> PathBuf {
+    config_with(dir, "listen = \"\"")
+}
+
+/// [`config`] with these `[admin]` lines instead of `listen = ""`.
+fn config_with(dir: &Path, admin: &str) -> PathBuf {
     let r = repo();
     let text = format!(
         r#"
@@ -35,7 +40,7 @@ directory = "{zones}"
 city = "{r}/geo/sample-city.mmdb"
 asn = "{r}/geo/sample-asn.mmdb"
 [admin]
-listen = ""
+{admin}
 state_file = "{state}"
 drill_samples = ["81.2.69.0/24", "216.160.83.0/24"]
 reload_poll = "1h"
@@ -230,4 +235,94 @@ async fn a_restart_mid_drill_resumes_it_and_one_after_expiry_marks_it_expired() 
     assert_eq!(drill(&s.control, &rec.id).status, DrillStatus::Expired);
     assert_eq!(answer(&s.control), before);
     shut(s).await;
+}
+
+/// Control errors are typed, and the admin API answers each kind with its own status: unknown
+/// profile or endpoint 404, a second drill on one endpoint 409, bad input 400, an unknown drill
+/// id 404 (not "stopping 0 drill(s)").
+#[tokio::test]
+async fn control_errors_map_to_status_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "embedded-test-token-0123456789";
+    let cfg = config_with(
+        dir.path(),
+        &format!("listen = \"127.0.0.1:0\"\ntoken = \"{token}\""),
+    );
+    let loaded = app::load(Some(&cfg)).expect("config loads");
+    let bound = app::bind(&loaded.config).expect("binds port 0");
+    let admin = bound.admin.as_ref().unwrap().local_addr().unwrap();
+    let (_reload, reloads) = mpsc::channel(1);
+    let (ready_tx, ready) = oneshot::channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app::run(
+        loaded,
+        bound,
+        Inputs {
+            clock: Clock::system(),
+            reloads,
+        },
+        Some(ready_tx),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let _control = ready.await.unwrap();
+    let drill = serde_json::json!({"profile": "mqtt", "endpoint": "westeurope", "duration": "10m"});
+    let cases = [
+        (
+            "/api/force",
+            serde_json::json!({"profile": "nope", "endpoint_name": "x", "action": "down"}),
+            404,
+        ),
+        (
+            "/api/drills",
+            serde_json::json!({"profile": "nope", "endpoint": "westeurope"}),
+            404,
+        ),
+        (
+            "/api/drills",
+            serde_json::json!({"profile": "mqtt", "endpoint": "westeurope", "duration": "soon"}),
+            400,
+        ),
+        ("/api/drills", drill.clone(), 200),
+        ("/api/drills", drill, 409),
+        (
+            "/api/drills/stop",
+            serde_json::json!({"id": "d-unknown"}),
+            404,
+        ),
+        ("/api/drills/stop", serde_json::json!({}), 200),
+    ];
+    for (path, body, want) in cases {
+        let (got, text) = post(admin, token, path, &body).await;
+        assert_eq!(got, want, "{path} {body}: {text}");
+    }
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+/// One HTTP/1.1 POST with a bearer token; returns the status and the body.
+async fn post(
+    addr: std::net::SocketAddr,
+    token: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, out)
 }

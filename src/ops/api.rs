@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::control::{Control, ForceError, parse_duration};
+use super::control::{Control, ControlError, parse_duration};
 use super::drill::DrillRequest;
 use crate::geo::GeoPoint;
 use crate::health::{ForceAction, ForceTarget, MonitorState};
@@ -440,9 +440,9 @@ async fn force(
     };
     match c.force(target, action, reason, duration, r.scope).await {
         Ok(list) => Json(list).into_response(),
-        Err(e @ ForceError::Unknown(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
-        // Not stored, so not applied: the caller must not believe the force is in place.
-        Err(e @ ForceError::NotSaved(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        // NotSaved (500): not stored, so not applied — the caller must not believe the force
+        // is in place.
+        Err(e) => control_error(&e),
     }
 }
 
@@ -497,7 +497,7 @@ async fn start_drill(
             info!(drill = %record.id, "drill via admin API");
             Json(json!({ "record": record, "text": record.to_string() })).into_response()
         }
-        Err(e) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => control_error(&e),
     }
 }
 
@@ -523,8 +523,16 @@ async fn stop_drills(
             Err(resp) => return *resp,
         }
     };
-    let n = c.stop_drills(req.id.as_deref());
-    Json(json!({ "stopped": n })).into_response()
+    match c.stop_drills(req.id.as_deref()) {
+        Ok(n) => Json(json!({ "stopped": n })).into_response(),
+        Err(e) => control_error(&e),
+    }
+}
+
+/// The response for a control-plane error: its kind's status, the message in words.
+fn control_error(e: &ControlError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error(status, e.to_string())
 }
 
 /// Binds the admin listener (before serving, so a bind error exits cleanly).

@@ -30,19 +30,36 @@ const VERIFY_EVERY: Duration = Duration::from_millis(20);
 /// in some read). Beyond this many, reloads are refused at once instead of leaking more.
 const MAX_ABANDONED_LOADS: usize = 4;
 
-/// Why a forced-state change was not made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ForceError {
-    /// The target names no endpoint or region that is served.
-    Unknown(String),
-    /// The state file could not be written; the change was rolled back (not applied).
+/// Why a control-plane request was refused. Each kind has one HTTP status, so the admin API
+/// maps errors by kind instead of guessing from text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// The request names a profile, endpoint, region or drill that does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with what is running, e.g. a drill on the endpoint (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request itself is malformed or incomplete (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The server cannot do it yet or now (503).
+    #[error("{0}")]
+    NotReady(String),
+    /// The state file could not be written; the change was rolled back, not applied (500).
+    #[error("{0}")]
     NotSaved(String),
 }
 
-impl std::fmt::Display for ForceError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl ControlError {
+    /// The HTTP status code of this kind of error.
+    pub fn status(&self) -> u16 {
         match self {
-            Self::Unknown(m) | Self::NotSaved(m) => f.write_str(m),
+            Self::NotFound(_) => 404,
+            Self::Conflict(_) => 409,
+            Self::BadRequest(_) => 400,
+            Self::NotReady(_) => 503,
+            Self::NotSaved(_) => 500,
         }
     }
 }
@@ -313,18 +330,24 @@ impl Control {
     }
 
     /// Resolves a profile reference (owner name or label) and endpoint name to the key.
-    fn endpoint_key(&self, profile: &str, endpoint: &str) -> Result<(String, String), String> {
+    fn endpoint_key(
+        &self,
+        profile: &str,
+        endpoint: &str,
+    ) -> Result<(String, String), ControlError> {
         let state = self.state.load();
         let p = state
             .routing
             .find_profile(profile)
             .map(|i| &state.routing.profiles[i])
-            .ok_or_else(|| format!("no profile {profile:?}"))?;
+            .ok_or_else(|| ControlError::NotFound(format!("no profile {profile:?}")))?;
         let e = p
             .endpoints
             .iter()
             .find(|e| e.name == endpoint)
-            .ok_or_else(|| format!("profile {} has no endpoint {endpoint:?}", p.owner))?;
+            .ok_or_else(|| {
+                ControlError::NotFound(format!("profile {} has no endpoint {endpoint:?}", p.owner))
+            })?;
         Ok((p.owner.to_string(), e.key.to_string()))
     }
 
@@ -333,7 +356,7 @@ impl Control {
     ///
     /// The change is written to the state file *before* it takes effect: if the write fails,
     /// the change is rolled back in memory, the prober never sees it, and the caller gets
-    /// [`ForceError::NotSaved`]. A force that only lived in memory would silently vanish at
+    /// [`ControlError::NotSaved`]. A force that only lived in memory would silently vanish at
     /// the next restart — the operator must know it was not made.
     pub async fn force(
         &self,
@@ -342,7 +365,7 @@ impl Control {
         reason: String,
         duration: Option<Duration>,
         scope: Vec<ipnet::IpNet>,
-    ) -> Result<Vec<ForceEntry>, ForceError> {
+    ) -> Result<Vec<ForceEntry>, ControlError> {
         // Validate the target against the current table.
         let known = {
             let state = self.state.load();
@@ -357,7 +380,7 @@ impl Control {
                 })
         };
         if !known {
-            return Err(ForceError::Unknown(format!(
+            return Err(ControlError::NotFound(format!(
                 "no endpoint matches {target:?}"
             )));
         }
@@ -389,7 +412,7 @@ impl Control {
                 p.forced.extend(replaced);
             }
             error!(?target, ?action, error = %e, "forced state not changed");
-            return Err(ForceError::NotSaved(format!(
+            return Err(ControlError::NotSaved(format!(
                 "{e}; the forced state was not changed (it could not be kept across a restart)"
             )));
         }
@@ -418,15 +441,20 @@ impl Control {
     }
 
     /// Starts a drill and returns once the move is verified (or verification timed out).
-    pub async fn start_drill(self: &Arc<Self>, req: DrillRequest) -> Result<DrillRecord, String> {
-        let duration = parse_duration(&req.duration)?;
+    pub async fn start_drill(
+        self: &Arc<Self>,
+        req: DrillRequest,
+    ) -> Result<DrillRecord, ControlError> {
+        let duration = parse_duration(&req.duration).map_err(ControlError::BadRequest)?;
         let (profile, key) = self.endpoint_key(&req.profile, &req.endpoint)?;
         if self
             .drills()
             .iter()
             .any(|d| d.status == DrillStatus::Running && d.key == key)
         {
-            return Err(format!("a drill on {key} is already running"));
+            return Err(ControlError::Conflict(format!(
+                "a drill on {key} is already running"
+            )));
         }
         let config = self.config.load();
         let mut samples: Vec<ipnet::IpNet> = if req.scope.is_empty() {
@@ -443,7 +471,9 @@ impl Control {
             samples = req.scope.clone();
         }
         if samples.is_empty() {
-            return Err("no sample subnets: set [admin] drill_samples or give --scope".into());
+            return Err(ControlError::BadRequest(
+                "no sample subnets: set [admin] drill_samples or give --scope".into(),
+            ));
         }
         let started = self.clock.unix_secs();
         let id = format!(
@@ -624,8 +654,9 @@ impl Control {
         self.commit().await;
     }
 
-    /// Stops running drills (all, or one by id). Returns how many were signalled.
-    pub fn stop_drills(&self, id: Option<&str>) -> usize {
+    /// Stops running drills (all, or one by id). Returns how many were signalled; an id that
+    /// names no running drill is an error (a typo must not look like a stopped drill).
+    pub fn stop_drills(&self, id: Option<&str>) -> Result<usize, ControlError> {
         let stops = self.drill_stops.lock().unwrap_or_else(|e| e.into_inner());
         let mut n = 0;
         for (k, notify) in stops.iter() {
@@ -634,7 +665,17 @@ impl Control {
                 n += 1;
             }
         }
-        n
+        match id {
+            Some(i) if n == 0 => {
+                let known = self.drills().iter().any(|d| d.id == i);
+                Err(ControlError::NotFound(if known {
+                    format!("drill {i} is not running")
+                } else {
+                    format!("no drill {i:?} (see `geosteer drill status`)")
+                }))
+            }
+            _ => Ok(n),
+        }
     }
 
     /// After a restart: drills that expired while down are marked, running ones resume their
