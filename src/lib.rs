@@ -5,14 +5,23 @@
 //! latency among healthy endpoints — and serves ordinary static zones beside it.
 //!
 //! # Layout
+//! Layers, each importing only from those below it (no cycles; nothing imports [`app`];
+//! nothing below the control plane reads the wall clock — it is given a [`base::Clock`]):
+//! - [`app`]: load, bind, and [`app::run`] — the embeddable server (bound sockets, an injected
+//!   clock and a shutdown future in; `main` owns the runtime and the signals). [`cli`]: the
+//!   admin-API client.
+//! - [`ops`]: the control plane (reload, forced states, drills, typed errors) and admin API.
+//! - [`dns`]: the request handler (decode → decide → encode), answer cache, RRL, transports.
+//! - [`metrics`], [`explain`]: counters and their rendering; the "why this answer" trace.
+//! - [`state`]: the serving state and how it is built from a configuration.
+//! - [`probing`]: probes, the prober and its TLS clients, load polling.
 //! - [`config`]: the TOML configuration, parsed strictly; errors name file, line and field.
-//! - [`zone`]: RFC 1035 master files loaded into immutable, query-ready zones.
-//! - [`dns`]: wire format, the request handler (decode → decide → encode) and transports.
-//! - [`routing`]: traffic profiles, the routing methods and the latency model.
-//! - [`locate`]: GeoIP client location; [`geo`]: distances and the cloud region catalogue.
-//! - [`health`]: endpoint monitor states and RTTs as routing reads them.
-//! - [`explain`]: the "why this answer" trace for a name and a client.
-//! - [`app`]: wiring: load and validate, bind, serve, shut down gracefully.
+//! - [`routing`]: traffic profiles, one file per routing method, the latency model, and the one
+//!   effective-state rule ([`routing::effective`]) every consumer calls.
+//! - [`health`]: endpoint health as routing reads it; monitor settings as plain data.
+//! - [`zone`], [`locate`], [`geo`]: zones; GeoIP client location; distances and regions.
+//! - [`wire`]: the DNS wire format (parser, encoder, name helpers).
+//! - [`base`]: diagnostics, serde helpers, safe file reads, counters, the clock.
 //!
 //! The hot path is synchronous and lock-free: one `ArcSwap` load per query; everything slow
 //! (parsing, loading, probing) happens elsewhere and publishes whole snapshots.

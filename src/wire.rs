@@ -605,7 +605,7 @@ pub fn wire_is_subdomain(name: &[u8], apex: &[u8]) -> bool {
     off == start
 }
 
-/// Lower-cased wire form of a name (the key format of [`Zone::nodes`]).
+/// Lower-cased wire form of a name (the key format of `zone::Zone::nodes`).
 pub fn wire_lower(name: &hickory_server::proto::rr::Name) -> Box<[u8]> {
     let mut out = Vec::with_capacity(name.len() + 1);
     for label in name.iter() {

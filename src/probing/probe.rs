@@ -644,10 +644,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// The TLS client settings of a monitor, shared by all its endpoints' probes.
 ///
-/// Built when the configuration is loaded ([`TlsCache`], on the loading thread), so a bad
-/// `ca_file` is a configuration error with its line, and probe tasks never read files. Every
-/// endpoint of a monitor shares one root store and verifier (about 10,000 endpoints would
-/// otherwise hold 10,000 copies of the public roots).
+/// Built by the prober ([`TlsRegistry`]) from [`TlsSettings`] the loader read and checked (so a
+/// bad `ca_file` is a configuration error with its line, and probe tasks never read files).
+/// Every endpoint of a monitor shares one root store and verifier (about 10,000 endpoints
+/// would otherwise hold 10,000 copies of the public roots).
 ///
 /// Session resumption is off: every probe does a full handshake, so every probe verifies the
 /// certificate chain, its expiry and the name. A resumed session (TLS 1.3 tickets last up to
