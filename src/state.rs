@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::base::{ConfigError, ConfigErrors};
 use crate::config::Config;
 use crate::geo::Catalogue;
-use crate::locate::{Code, LocatedBy, Location, Placement};
-use crate::routing::model::Model;
-use crate::routing::{Client, Measured, profile};
+use crate::locate::{LocatedBy, Location, Placement};
+use crate::routing::{Client, profile};
 use crate::wire::ClientSubnet;
 use crate::zone::{self};
 
@@ -194,60 +193,20 @@ pub fn build(config: &Config) -> Result<State, ConfigErrors> {
             z.add_steered_name(&p.owner_wire);
         }
     }
-    let server = match (&config.server_region, config.server_point) {
-        (Some(r), _) => match catalogue.get(r) {
-            Some(reg) => Some(reg.point()),
-            None => {
-                errors.push(ConfigError::new(
-                    &config.source,
-                    0,
-                    "routing.server_region",
-                    format!("unknown region {r:?}"),
-                ));
-                None
-            }
-        },
-        (None, p) => p,
-    };
-    let model = Model {
-        base_ms: config.base_ms,
-        ms_per_km: config.ms_per_km,
-        server,
-    };
-    let mut measured = Measured::default();
-    for m in &config.measured {
-        if catalogue.get(&m.region).is_none() {
-            errors.push(ConfigError::new(
-                &config.source,
-                0,
-                "routing.measured.region",
-                format!("unknown region {:?}", m.region),
-            ));
-            continue;
+    let resolved = match config.resolve(&catalogue) {
+        Ok(r) => Some(r),
+        Err(mut e) => {
+            errors.append(&mut e.0);
+            None
         }
-        if let Some(net) = m
-            .client
-            .as_deref()
-            .and_then(|c| c.parse::<ipnet::IpNet>().ok())
-        {
-            measured
-                .networks
-                .push((net.trunc(), m.region.clone(), m.rtt_ms));
-        } else if let Some(c) = m.country.as_deref().and_then(Code::new) {
-            measured.countries.insert((c, m.region.clone()), m.rtt_ms);
-        }
-    }
-    // Longest prefix first, so the first match is the most specific.
-    measured
-        .networks
-        .sort_by_key(|(n, _, _)| std::cmp::Reverse(n.prefix_len()));
-    if !errors.is_empty() {
+    };
+    let Some(resolved) = resolved.filter(|_| errors.is_empty()) else {
         return Err(ConfigErrors(errors));
-    }
+    };
     Ok(State {
         generation: next_generation(),
         zones: ZoneSet::new(zones),
-        routing: RoutingTable::new(profiles, model, measured),
+        routing: RoutingTable::new(profiles, resolved.model, resolved.measured),
         locator: Arc::new(locator),
         why_acl: config.why_acl.clone(),
         query_log_sample: config.query_log_sample,

@@ -12,10 +12,32 @@ use std::net::SocketAddr;
 
 pub use crate::base::line_of_offset;
 use crate::base::{ConfigError, ConfigErrors, de, file};
+use crate::geo::Catalogue;
+use crate::locate::Code;
+use crate::routing::Measured;
+use crate::routing::model::Model;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+/// Lines of the configuration's region references (0 = not in the file).
+#[derive(Debug, Clone, Default)]
+pub struct RegionLines {
+    /// `server_region = …`.
+    pub server_region: usize,
+    /// `region = …` of each `[[routing.measured]]` entry, in order.
+    pub measured: Vec<usize>,
+}
+
+/// The configuration's catalogue references, resolved ([`Config::resolve`]).
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The latency model, with the server's own location.
+    pub model: Model,
+    /// Operator-measured RTTs.
+    pub measured: Measured,
+}
 
 /// The embedded default configuration (the repository's `geosteer.toml`).
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../geosteer.toml");
@@ -266,6 +288,8 @@ pub struct Config {
     /// Lines of the settings that name other files (`zones.directory`, `geoip.city`, …), so a
     /// missing or unreadable file is reported at the line that names it ([`Config::blame`]).
     pub path_lines: Vec<(&'static str, usize)>,
+    /// Lines of the region references, for [`Self::resolve`]'s errors.
+    pub region_lines: RegionLines,
     pub source: PathBuf,
     /// UDP listen addresses.
     pub udp: Vec<SocketAddr>,
@@ -595,6 +619,10 @@ impl Config {
             .into_iter()
             .map(|(field, key)| (field, at(key)))
             .collect(),
+            region_lines: RegionLines {
+                server_region: at("server_region"),
+                measured: nth_key_lines(text, "region", "[[routing.measured]]"),
+            },
             source: file.to_path_buf(),
             udp: s.udp,
             tcp: s.tcp,
@@ -641,6 +669,74 @@ impl Config {
                 vec![file.to_path_buf()]
             },
         })
+    }
+
+    /// Resolves the configuration's references to the region catalogue (`server_region`,
+    /// `[[routing.measured]].region`) into what routing uses: the server's point for the
+    /// latency model and the measured-RTT table. An unknown region is reported at its file and
+    /// line, with the catalogue name it most likely meant (`eastus` → `azure:eastus`).
+    pub fn resolve(&self, catalogue: &Catalogue) -> Result<Resolved, ConfigErrors> {
+        let mut errors = Vec::new();
+        let unknown = |name: &str| {
+            let hint = catalogue
+                .suggest(name)
+                .map_or(String::new(), |s| format!(" (did you mean {s:?}?)"));
+            format!("unknown region {name:?}{hint}")
+        };
+        let server = match (&self.server_region, self.server_point) {
+            (Some(r), _) => match catalogue.get(r) {
+                Some(reg) => Some(reg.point()),
+                None => {
+                    errors.push(ConfigError::new(
+                        &self.source,
+                        self.region_lines.server_region,
+                        "routing.server_region",
+                        unknown(r),
+                    ));
+                    None
+                }
+            },
+            (None, p) => p,
+        };
+        let mut measured = Measured::default();
+        for (n, m) in self.measured.iter().enumerate() {
+            if catalogue.get(&m.region).is_none() {
+                errors.push(ConfigError::new(
+                    &self.source,
+                    self.region_lines.measured.get(n).copied().unwrap_or(0),
+                    "routing.measured.region",
+                    unknown(&m.region),
+                ));
+                continue;
+            }
+            if let Some(net) = m
+                .client
+                .as_deref()
+                .and_then(|c| c.parse::<ipnet::IpNet>().ok())
+            {
+                measured
+                    .networks
+                    .push((net.trunc(), m.region.clone(), m.rtt_ms));
+            } else if let Some(c) = m.country.as_deref().and_then(Code::new) {
+                measured.countries.insert((c, m.region.clone()), m.rtt_ms);
+            }
+        }
+        // Longest prefix first, so the first match is the most specific.
+        measured
+            .networks
+            .sort_by_key(|(n, _, _)| std::cmp::Reverse(n.prefix_len()));
+        if errors.is_empty() {
+            Ok(Resolved {
+                model: Model {
+                    base_ms: self.base_ms,
+                    ms_per_km: self.ms_per_km,
+                    server,
+                },
+                measured,
+            })
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 }
 
@@ -704,6 +800,28 @@ pub fn placeholder(token: &str) -> Option<&'static str> {
 }
 
 /// Line of the first `key =` assignment, for errors found after deserialisation.
+/// The line of `key = ` in each `table` entry (an array of tables), in order; 0 where absent.
+fn nth_key_lines(text: &str, key: &str, table: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim_start();
+        if t.starts_with('[') {
+            inside = t.starts_with(table);
+            if inside {
+                out.push(0);
+            }
+        } else if inside
+            && t.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+            && let Some(last) = out.last_mut()
+        {
+            *last = i + 1;
+        }
+    }
+    out
+}
+
 fn find_key_line(text: &str, key: &str) -> usize {
     text.lines()
         .position(|l| {
