@@ -176,331 +176,369 @@ pub fn load_profiles(
             );
         }
     }
+    // Stage 2: each profile on its own.
     let mut profiles = Vec::with_capacity(raw.profile.len());
-    let mut nested_refs: Vec<(usize, usize, std::ops::Range<usize>, String)> = Vec::new();
+    let mut nested_refs: Vec<NestedRef> = Vec::new();
     for (pi, sp) in raw.profile.iter().enumerate() {
-        let span = sp.span();
-        let p = sp.get_ref();
-        let pname = p.name.to_ascii_lowercase();
-        let field = |f: &str| format!("profile[{pname}].{f}");
-        let owner = match Name::from_ascii(&p.name).and_then(|n| n.append_domain(&zone.origin)) {
-            Ok(n) if !p.name.is_empty() && p.name != "@" && !p.name.ends_with('.') => n,
-            _ => {
+        if let Some(profile) = validate_profile(
+            &mut cx,
+            zone,
+            catalogue,
+            &index,
+            first_index,
+            pi,
+            sp,
+            &mut nested_refs,
+        ) {
+            profiles.push(profile);
+        }
+    }
+    // Stage 3: the nesting as a whole.
+    check_nesting(&mut cx, &raw, &nested_refs);
+    if !cx.errors.is_empty() {
+        return Err(ConfigErrors(cx.errors));
+    }
+    Ok(profiles)
+}
+
+/// Stage 2: one profile, validated on its own (its nested references are collected for stage 3,
+/// since the referenced profile may come later in the file). Errors go to `cx`; `None` when the
+/// profile is unusable.
+#[allow(clippy::too_many_arguments)]
+fn validate_profile(
+    cx: &mut Ctx<'_>,
+    zone: &Zone,
+    catalogue: &Catalogue,
+    index: &HashMap<String, usize>,
+    first_index: usize,
+    pi: usize,
+    sp: &toml::Spanned<RawProfile>,
+    nested_refs: &mut Vec<NestedRef>,
+) -> Option<Profile> {
+    let span = sp.span();
+    let p = sp.get_ref();
+    let pname = p.name.to_ascii_lowercase();
+    let field = |f: &str| format!("profile[{pname}].{f}");
+    let owner = match Name::from_ascii(&p.name).and_then(|n| n.append_domain(&zone.origin)) {
+        Ok(n) if !p.name.is_empty() && p.name != "@" && !p.name.ends_with('.') => n,
+        _ => {
+            cx.err(
+                &span,
+                "name",
+                field("name"),
+                format!(
+                    "{:?} is not a name relative to the zone {}",
+                    p.name, zone.origin
+                ),
+            );
+            return None;
+        }
+    };
+    // A profile answers one exact name; steering every name a wildcard matches would need
+    // wildcard matching on the routed path, its `_why` names and the answer cache.
+    if owner.iter().any(|l| l == b"*") {
+        cx.err(
+            &span,
+            "name",
+            field("name"),
+            format!(
+                "{owner} is a wildcard; a traffic profile answers one exact name \
+                     (wildcards are for static records in the zone file)"
+            ),
+        );
+        return None;
+    }
+    let owner_wire = wire_lower(&owner);
+    if !wire_is_subdomain(&owner_wire, &zone.origin_wire) {
+        cx.err(&span, "name", field("name"), "not inside the zone");
+        return None;
+    }
+    if zone
+        .nodes
+        .get(&owner_wire)
+        .is_some_and(|n| !n.rrsets.is_empty())
+    {
+        cx.err(
+            &span,
+            "name",
+            field("name"),
+            format!(
+                "{owner} also has static records in {}; a name is either static or steered",
+                zone.file.display()
+            ),
+        );
+    }
+    if zone.has_cuts {
+        let mut off = 0;
+        while off < owner_wire.len() && owner_wire[off] != 0 {
+            if zone.nodes.get(&owner_wire[off..]).is_some_and(|n| n.cut) {
                 cx.err(
                     &span,
                     "name",
                     field("name"),
-                    format!(
-                        "{:?} is not a name relative to the zone {}",
-                        p.name, zone.origin
-                    ),
+                    "below a delegation (zone cut)",
                 );
-                continue;
+                break;
             }
-        };
-        // A profile answers one exact name; steering every name a wildcard matches would need
-        // wildcard matching on the routed path, its `_why` names and the answer cache.
-        if owner.iter().any(|l| l == b"*") {
+            off += 1 + usize::from(owner_wire[off]);
+        }
+    }
+    let ttl = p.ttl.unwrap_or(DEFAULT_TTL);
+    if ttl > i32::MAX as u32 {
+        cx.err(&span, "ttl", field("ttl"), "TTL above 2^31-1 (RFC 2181 §8)");
+    }
+    let max_answers = match (p.method, p.max_answers) {
+        (Method::Multivalue, Some(n)) if (1..=MAX_MULTIVALUE).contains(&n) => n,
+        (Method::Multivalue, Some(n)) => {
             cx.err(
                 &span,
-                "name",
-                field("name"),
-                format!(
-                    "{owner} is a wildcard; a traffic profile answers one exact name \
-                     (wildcards are for static records in the zone file)"
-                ),
+                "max_answers",
+                field("max_answers"),
+                format!("{n} is outside 1..={MAX_MULTIVALUE}"),
             );
-            continue;
+            1
         }
-        let owner_wire = wire_lower(&owner);
-        if !wire_is_subdomain(&owner_wire, &zone.origin_wire) {
-            cx.err(&span, "name", field("name"), "not inside the zone");
-            continue;
-        }
-        if zone
-            .nodes
-            .get(&owner_wire)
-            .is_some_and(|n| !n.rrsets.is_empty())
-        {
+        (Method::Multivalue, None) => 3,
+        (_, Some(_)) => {
             cx.err(
                 &span,
-                "name",
-                field("name"),
-                format!(
-                    "{owner} also has static records in {}; a name is either static or steered",
-                    zone.file.display()
-                ),
+                "max_answers",
+                field("max_answers"),
+                "only used by method multivalue",
             );
+            1
         }
-        if zone.has_cuts {
-            let mut off = 0;
-            while off < owner_wire.len() && owner_wire[off] != 0 {
-                if zone.nodes.get(&owner_wire[off..]).is_some_and(|n| n.cut) {
-                    cx.err(
-                        &span,
-                        "name",
-                        field("name"),
-                        "below a delegation (zone cut)",
-                    );
-                    break;
-                }
-                off += 1 + usize::from(owner_wire[off]);
-            }
-        }
-        let ttl = p.ttl.unwrap_or(DEFAULT_TTL);
-        if ttl > i32::MAX as u32 {
-            cx.err(&span, "ttl", field("ttl"), "TTL above 2^31-1 (RFC 2181 §8)");
-        }
-        let max_answers = match (p.method, p.max_answers) {
-            (Method::Multivalue, Some(n)) if (1..=MAX_MULTIVALUE).contains(&n) => n,
-            (Method::Multivalue, Some(n)) => {
-                cx.err(
-                    &span,
-                    "max_answers",
-                    field("max_answers"),
-                    format!("{n} is outside 1..={MAX_MULTIVALUE}"),
-                );
-                1
-            }
-            (Method::Multivalue, None) => 3,
-            (_, Some(_)) => {
-                cx.err(
-                    &span,
-                    "max_answers",
-                    field("max_answers"),
-                    "only used by method multivalue",
-                );
-                1
-            }
-            (_, None) => 1,
-        };
-        if p.sticky.is_some() && p.method != Method::Weighted {
-            cx.err(
-                &span,
-                "sticky",
-                field("sticky"),
-                "only used by method weighted",
-            );
-        }
-        if p.geo_strict.is_some() && p.method != Method::Geographic {
-            cx.err(
-                &span,
-                "geo_strict",
-                field("geo_strict"),
-                "only used by method geographic",
-            );
-        }
-        if p.endpoint.is_empty() {
-            cx.err(
-                &span,
-                "name",
-                field("endpoint"),
-                "a profile needs at least one endpoint",
-            );
-        }
-        let stability = match &p.stability {
-            None => Stability::default(),
-            Some(st) => {
-                let r = st.get_ref();
-                let d = Stability::default();
-                let v = Stability {
-                    margin_ms: r.margin_ms.unwrap_or(d.margin_ms),
-                    margin_pct: r.margin_pct.unwrap_or(d.margin_pct),
-                    hold: r.hold.unwrap_or(d.hold),
-                    ramp: r.ramp.unwrap_or(d.ramp),
-                };
-                if !(v.margin_ms >= 0.0 && v.margin_pct >= 0.0 && v.margin_pct <= 100.0) {
-                    cx.err(
-                        &st.span(),
-                        "margin_ms",
-                        field("stability.margin_ms"),
-                        "margins must be >= 0 (margin_pct <= 100)",
-                    );
-                }
-                v
-            }
-        };
-        let mut endpoints = Vec::with_capacity(p.endpoint.len());
-        let mut seen_names = HashSet::new();
-        let mut seen_prio = HashMap::new();
-        let mut seen_geo: HashMap<GeoCode, String> = HashMap::new();
-        let mut seen_nets: HashMap<IpNet, String> = HashMap::new();
-        let mut fallbacks = 0;
-        for (ei, se) in p.endpoint.iter().enumerate() {
-            let es = se.span();
-            let e = se.get_ref();
-            let ef = |f: &str| format!("profile[{pname}].endpoint[{}].{f}", e.name);
-            if !seen_names.insert(e.name.clone()) {
-                cx.err(
-                    &es,
-                    "name",
-                    ef("name"),
-                    "duplicate endpoint name in this profile",
-                );
-            }
-            // Target: addresses, one hostname, or a nested profile.
-            let target = match (&e.profile, e.targets.is_empty()) {
-                (Some(_), false) => {
-                    cx.err(
-                        &es,
-                        "targets",
-                        ef("targets"),
-                        "give targets or profile, not both",
-                    );
-                    continue;
-                }
-                (None, true) => {
-                    cx.err(
-                        &es,
-                        "name",
-                        ef("targets"),
-                        "no targets (IP addresses or one hostname) and no nested profile",
-                    );
-                    continue;
-                }
-                (Some(child), true) => match index.get(&child.to_ascii_lowercase()) {
-                    Some(&ci) => {
-                        nested_refs.push((pi, ci, es.clone(), e.name.clone()));
-                        Target::Nested(first_index + ci)
-                    }
-                    None => {
-                        cx.err(
-                            &es,
-                            "profile",
-                            ef("profile"),
-                            format!("no profile named {child:?} in this file"),
-                        );
-                        continue;
-                    }
-                },
-                (None, false) => match parse_targets(&e.targets) {
-                    Ok(t) => t,
-                    Err(msg) => {
-                        cx.err(&es, "targets", ef("targets"), msg);
-                        continue;
-                    }
-                },
+        (_, None) => 1,
+    };
+    if p.sticky.is_some() && p.method != Method::Weighted {
+        cx.err(
+            &span,
+            "sticky",
+            field("sticky"),
+            "only used by method weighted",
+        );
+    }
+    if p.geo_strict.is_some() && p.method != Method::Geographic {
+        cx.err(
+            &span,
+            "geo_strict",
+            field("geo_strict"),
+            "only used by method geographic",
+        );
+    }
+    if p.endpoint.is_empty() {
+        cx.err(
+            &span,
+            "name",
+            field("endpoint"),
+            "a profile needs at least one endpoint",
+        );
+    }
+    let stability = match &p.stability {
+        None => Stability::default(),
+        Some(st) => {
+            let r = st.get_ref();
+            let d = Stability::default();
+            let v = Stability {
+                margin_ms: r.margin_ms.unwrap_or(d.margin_ms),
+                margin_pct: r.margin_pct.unwrap_or(d.margin_pct),
+                hold: r.hold.unwrap_or(d.hold),
+                ramp: r.ramp.unwrap_or(d.ramp),
             };
-            if p.method == Method::Multivalue && !matches!(target, Target::Addrs { .. }) {
+            if !(v.margin_ms >= 0.0 && v.margin_pct >= 0.0 && v.margin_pct <= 100.0) {
+                cx.err(
+                    &st.span(),
+                    "margin_ms",
+                    field("stability.margin_ms"),
+                    "margins must be >= 0 (margin_pct <= 100)",
+                );
+            }
+            v
+        }
+    };
+    let mut endpoints = Vec::with_capacity(p.endpoint.len());
+    let mut seen_names = HashSet::new();
+    let mut seen_prio = HashMap::new();
+    let mut seen_geo: HashMap<GeoCode, String> = HashMap::new();
+    let mut seen_nets: HashMap<IpNet, String> = HashMap::new();
+    let mut fallbacks = 0;
+    for (ei, se) in p.endpoint.iter().enumerate() {
+        let es = se.span();
+        let e = se.get_ref();
+        let ef = |f: &str| format!("profile[{pname}].endpoint[{}].{f}", e.name);
+        if !seen_names.insert(e.name.clone()) {
+            cx.err(
+                &es,
+                "name",
+                ef("name"),
+                "duplicate endpoint name in this profile",
+            );
+        }
+        // Target: addresses, one hostname, or a nested profile.
+        let target = match (&e.profile, e.targets.is_empty()) {
+            (Some(_), false) => {
                 cx.err(
                     &es,
                     "targets",
                     ef("targets"),
-                    "multivalue endpoints must be IP addresses",
+                    "give targets or profile, not both",
                 );
+                continue;
             }
-            // Location.
-            let (region, point) = match (&e.region, e.lat, e.lon) {
-                (Some(r), None, None) => match catalogue.get(r) {
+            (None, true) => {
+                cx.err(
+                    &es,
+                    "name",
+                    ef("targets"),
+                    "no targets (IP addresses or one hostname) and no nested profile",
+                );
+                continue;
+            }
+            (Some(child), true) => match index.get(&child.to_ascii_lowercase()) {
+                Some(&ci) => {
+                    nested_refs.push((pi, ci, es.clone(), e.name.clone()));
+                    Target::Nested(first_index + ci)
+                }
+                None => {
+                    cx.err(
+                        &es,
+                        "profile",
+                        ef("profile"),
+                        format!("no profile named {child:?} in this file"),
+                    );
+                    continue;
+                }
+            },
+            (None, false) => match parse_targets(&e.targets) {
+                Ok(t) => t,
+                Err(msg) => {
+                    cx.err(&es, "targets", ef("targets"), msg);
+                    continue;
+                }
+            },
+        };
+        if p.method == Method::Multivalue && !matches!(target, Target::Addrs { .. }) {
+            cx.err(
+                &es,
+                "targets",
+                ef("targets"),
+                "multivalue endpoints must be IP addresses",
+            );
+        }
+        // Location.
+        let (region, point) = match (&e.region, e.lat, e.lon) {
+            (Some(r), None, None) => {
+                match catalogue.get(r) {
                     Some(reg) => (Some(r.clone()), Some(reg.point())),
                     None => {
                         cx.err(&es, "region", ef("region"), format!("unknown region {r:?} (see geo/regions.toml; names are provider:region)"));
                         (None, None)
                     }
-                },
-                (None, Some(lat), Some(lon)) => {
-                    let p = GeoPoint { lat, lon };
-                    if !p.is_valid() {
-                        cx.err(
-                            &es,
-                            "lat",
-                            ef("lat"),
-                            "latitude must be in -90..=90 and longitude in -180..=180",
-                        );
-                    }
-                    (None, Some(p))
                 }
-                (None, None, None) => (None, None),
-                (Some(_), _, _) => {
+            }
+            (None, Some(lat), Some(lon)) => {
+                let p = GeoPoint { lat, lon };
+                if !p.is_valid() {
                     cx.err(
                         &es,
-                        "region",
-                        ef("region"),
-                        "give region or lat/lon, not both",
+                        "lat",
+                        ef("lat"),
+                        "latitude must be in -90..=90 and longitude in -180..=180",
                     );
-                    (None, None)
                 }
-                _ => {
-                    cx.err(&es, "lat", ef("lat"), "lat and lon go together");
-                    (None, None)
-                }
-            };
-            if p.method == Method::Performance
-                && point.is_none()
-                && !cx.errors.iter().any(|x| x.field == ef("region"))
-            {
+                (None, Some(p))
+            }
+            (None, None, None) => (None, None),
+            (Some(_), _, _) => {
                 cx.err(
                     &es,
-                    "name",
+                    "region",
                     ef("region"),
-                    "performance routing needs a location: region = \"provider:region\" or lat/lon",
+                    "give region or lat/lon, not both",
                 );
+                (None, None)
             }
-            // Method-specific settings; a setting the method ignores is a mistake worth naming.
-            let uses = |m: Method| p.method == m;
-            let weight = match e.weight {
-                Some(w) if !uses(Method::Weighted) => {
-                    let _ = w;
-                    cx.err(&es, "weight", ef("weight"), "only used by method weighted");
-                    1
-                }
-                Some(w) if !(1..=1000).contains(&w) => {
-                    cx.err(
-                        &es,
-                        "weight",
-                        ef("weight"),
-                        format!("{w} is outside 1..=1000"),
-                    );
-                    1
-                }
-                Some(w) => w,
-                None => 1,
-            };
-            let priority = match e.priority {
-                Some(_) if !uses(Method::Priority) => {
-                    cx.err(
-                        &es,
-                        "priority",
-                        ef("priority"),
-                        "only used by method priority",
-                    );
-                    0
-                }
-                Some(v) if !(1..=1000).contains(&v) => {
-                    cx.err(
-                        &es,
-                        "priority",
-                        ef("priority"),
-                        format!("{v} is outside 1..=1000"),
-                    );
-                    0
-                }
-                Some(v) => v,
-                // Traffic Manager numbers endpoints in order when no priority is given.
-                None => ei as u32 + 1,
-            };
-            if uses(Method::Priority)
-                && let Some(other) = seen_prio.insert(priority, e.name.clone())
-            {
+            _ => {
+                cx.err(&es, "lat", ef("lat"), "lat and lon go together");
+                (None, None)
+            }
+        };
+        if p.method == Method::Performance
+            && point.is_none()
+            && !cx.errors.iter().any(|x| x.field == ef("region"))
+        {
+            cx.err(
+                &es,
+                "name",
+                ef("region"),
+                "performance routing needs a location: region = \"provider:region\" or lat/lon",
+            );
+        }
+        // Method-specific settings; a setting the method ignores is a mistake worth naming.
+        let uses = |m: Method| p.method == m;
+        let weight = match e.weight {
+            Some(w) if !uses(Method::Weighted) => {
+                let _ = w;
+                cx.err(&es, "weight", ef("weight"), "only used by method weighted");
+                1
+            }
+            Some(w) if !(1..=1000).contains(&w) => {
+                cx.err(
+                    &es,
+                    "weight",
+                    ef("weight"),
+                    format!("{w} is outside 1..=1000"),
+                );
+                1
+            }
+            Some(w) => w,
+            None => 1,
+        };
+        let priority = match e.priority {
+            Some(_) if !uses(Method::Priority) => {
                 cx.err(
                     &es,
                     "priority",
                     ef("priority"),
-                    format!("priority {priority} is also endpoint {other:?}'s"),
+                    "only used by method priority",
                 );
+                0
             }
-            let mut geo = Vec::new();
-            match (&e.geo, uses(Method::Geographic)) {
-                (Some(_), false) => cx.err(&es, "geo", ef("geo"), "only used by method geographic"),
-                (None, true) => cx.err(
+            Some(v) if !(1..=1000).contains(&v) => {
+                cx.err(
                     &es,
-                    "name",
-                    ef("geo"),
-                    "geographic endpoints need geo codes",
-                ),
-                (Some(codes), true) => {
-                    for c in codes {
-                        match parse_geo(c) {
+                    "priority",
+                    ef("priority"),
+                    format!("{v} is outside 1..=1000"),
+                );
+                0
+            }
+            Some(v) => v,
+            // Traffic Manager numbers endpoints in order when no priority is given.
+            None => ei as u32 + 1,
+        };
+        if uses(Method::Priority)
+            && let Some(other) = seen_prio.insert(priority, e.name.clone())
+        {
+            cx.err(
+                &es,
+                "priority",
+                ef("priority"),
+                format!("priority {priority} is also endpoint {other:?}'s"),
+            );
+        }
+        let mut geo = Vec::new();
+        match (&e.geo, uses(Method::Geographic)) {
+            (Some(_), false) => cx.err(&es, "geo", ef("geo"), "only used by method geographic"),
+            (None, true) => cx.err(
+                &es,
+                "name",
+                ef("geo"),
+                "geographic endpoints need geo codes",
+            ),
+            (Some(codes), true) => {
+                for c in codes {
+                    match parse_geo(c) {
                             Some(g) => {
                                 if let Some(other) = seen_geo.insert(g, e.name.clone()) {
                                     cx.err(&es, "geo", ef("geo"), format!("{c} is already mapped to endpoint {other:?}"));
@@ -509,180 +547,183 @@ pub fn load_profiles(
                             }
                             None => cx.err(&es, "geo", ef("geo"), format!("{c:?} is not a geo code (WORLD, a continent AF AN AS EU NA OC SA, a country like DE, or a subdivision like US-CA)")),
                         }
-                    }
                 }
-                (None, false) => {}
             }
-            let mut subnets = Vec::new();
-            match (&e.subnets, uses(Method::Subnet)) {
-                (Some(_), false) => {
-                    cx.err(&es, "subnets", ef("subnets"), "only used by method subnet")
-                }
-                (Some(list), true) if !list.is_empty() => {
-                    for s in list {
-                        match s.parse::<IpNet>() {
-                            Ok(n) if n.trunc() == n => {
-                                if let Some(other) = seen_nets.insert(n, e.name.clone()) {
-                                    cx.err(
-                                        &es,
-                                        "subnets",
-                                        ef("subnets"),
-                                        format!("{n} is already mapped to endpoint {other:?}"),
-                                    );
-                                }
-                                subnets.push(n);
+            (None, false) => {}
+        }
+        let mut subnets = Vec::new();
+        match (&e.subnets, uses(Method::Subnet)) {
+            (Some(_), false) => cx.err(&es, "subnets", ef("subnets"), "only used by method subnet"),
+            (Some(list), true) if !list.is_empty() => {
+                for s in list {
+                    match s.parse::<IpNet>() {
+                        Ok(n) if n.trunc() == n => {
+                            if let Some(other) = seen_nets.insert(n, e.name.clone()) {
+                                cx.err(
+                                    &es,
+                                    "subnets",
+                                    ef("subnets"),
+                                    format!("{n} is already mapped to endpoint {other:?}"),
+                                );
                             }
-                            Ok(n) => cx.err(
-                                &es,
-                                "subnets",
-                                ef("subnets"),
-                                format!("{s} has host bits set (did you mean {}?)", n.trunc()),
-                            ),
-                            Err(_) => cx.err(
-                                &es,
-                                "subnets",
-                                ef("subnets"),
-                                format!("{s:?} is not a CIDR range"),
-                            ),
+                            subnets.push(n);
                         }
+                        Ok(n) => cx.err(
+                            &es,
+                            "subnets",
+                            ef("subnets"),
+                            format!("{s} has host bits set (did you mean {}?)", n.trunc()),
+                        ),
+                        Err(_) => cx.err(
+                            &es,
+                            "subnets",
+                            ef("subnets"),
+                            format!("{s:?} is not a CIDR range"),
+                        ),
                     }
                 }
-                (_, true) => fallbacks += 1,
-                (None, false) => {}
             }
-            if uses(Method::Subnet) && fallbacks > 1 {
+            (_, true) => fallbacks += 1,
+            (None, false) => {}
+        }
+        if uses(Method::Subnet) && fallbacks > 1 {
+            cx.err(
+                &es,
+                "name",
+                ef("subnets"),
+                "more than one fallback endpoint (an endpoint without subnets)",
+            );
+        }
+        let is_nested = matches!(target, Target::Nested(_));
+        // Monitor: the profile's settings, overridden field by field by the endpoint's.
+        let capacity = match &e.capacity {
+            None => None,
+            Some(c) if !uses(Method::Performance) => {
                 cx.err(
-                    &es,
-                    "name",
-                    ef("subnets"),
-                    "more than one fallback endpoint (an endpoint without subnets)",
+                    &c.span(),
+                    "source",
+                    ef("capacity"),
+                    "capacity is used by method performance",
                 );
+                None
             }
-            let is_nested = matches!(target, Target::Nested(_));
-            // Monitor: the profile's settings, overridden field by field by the endpoint's.
-            let capacity = match &e.capacity {
-                None => None,
-                Some(c) if !uses(Method::Performance) => {
+            Some(c) => match CapacitySpec::from_raw(c.get_ref()) {
+                Ok(spec) => Some(spec),
+                Err((key, msg)) => {
                     cx.err(
                         &c.span(),
-                        "source",
-                        ef("capacity"),
-                        "capacity is used by method performance",
+                        key,
+                        format!("profile[{pname}].endpoint[{}].capacity.{key}", e.name),
+                        msg,
                     );
                     None
                 }
-                Some(c) => match CapacitySpec::from_raw(c.get_ref()) {
+            },
+        };
+        let monitor = match (&p.monitor, &e.monitor) {
+            (_, Some(_)) if is_nested => {
+                cx.err(
+                    &es,
+                    "monitor",
+                    ef("monitor"),
+                    "nested endpoints take their health from their children",
+                );
+                None
+            }
+            (_, _) if is_nested => None,
+            (None, None) => None,
+            (pm, em) => {
+                let base = pm.as_ref().map(|m| m.get_ref().clone()).unwrap_or_default();
+                let merged = match em {
+                    Some(m) => base.merged(m.get_ref()),
+                    None => base,
+                };
+                // TLS settings are built here, on the loading thread: a bad `ca_file` is
+                // reported at its line, and probe tasks never read files.
+                let checked = MonitorSpec::from_raw(&merged).and_then(|mut spec| {
+                    // Relative to this file, like `$INCLUDE` (not to the working directory).
+                    if let (Some(ca), Some(dir)) = (&spec.ca_file, cx.file.parent())
+                        && ca.is_relative()
+                    {
+                        spec.ca_file = Some(dir.join(ca));
+                    }
+                    spec.load_tls(&mut cx.tls)?;
+                    Ok(spec)
+                });
+                match checked {
+                    Ok(spec) if spec.protocol == Protocol::None => None,
                     Ok(spec) => Some(spec),
                     Err((key, msg)) => {
-                        cx.err(
-                            &c.span(),
-                            key,
-                            format!("profile[{pname}].endpoint[{}].capacity.{key}", e.name),
-                            msg,
-                        );
+                        let (span, prefix) = match (em, pm) {
+                            (Some(m), _) if cx.has_key(&m.span(), key) => (
+                                m.span(),
+                                format!("profile[{pname}].endpoint[{}].monitor", e.name),
+                            ),
+                            (_, Some(m)) => (m.span(), format!("profile[{pname}].monitor")),
+                            (Some(m), None) => (
+                                m.span(),
+                                format!("profile[{pname}].endpoint[{}].monitor", e.name),
+                            ),
+                            (None, None) => (es.clone(), ef("monitor")),
+                        };
+                        cx.err(&span, key, format!("{prefix}.{key}"), msg);
                         None
                     }
-                },
-            };
-            let monitor = match (&p.monitor, &e.monitor) {
-                (_, Some(_)) if is_nested => {
-                    cx.err(
-                        &es,
-                        "monitor",
-                        ef("monitor"),
-                        "nested endpoints take their health from their children",
-                    );
-                    None
-                }
-                (_, _) if is_nested => None,
-                (None, None) => None,
-                (pm, em) => {
-                    let base = pm.as_ref().map(|m| m.get_ref().clone()).unwrap_or_default();
-                    let merged = match em {
-                        Some(m) => base.merged(m.get_ref()),
-                        None => base,
-                    };
-                    // TLS settings are built here, on the loading thread: a bad `ca_file` is
-                    // reported at its line, and probe tasks never read files.
-                    let checked = MonitorSpec::from_raw(&merged).and_then(|mut spec| {
-                        // Relative to this file, like `$INCLUDE` (not to the working directory).
-                        if let (Some(ca), Some(dir)) = (&spec.ca_file, file.parent())
-                            && ca.is_relative()
-                        {
-                            spec.ca_file = Some(dir.join(ca));
-                        }
-                        spec.load_tls(&mut cx.tls)?;
-                        Ok(spec)
-                    });
-                    match checked {
-                        Ok(spec) if spec.protocol == Protocol::None => None,
-                        Ok(spec) => Some(spec),
-                        Err((key, msg)) => {
-                            let (span, prefix) = match (em, pm) {
-                                (Some(m), _) if cx.has_key(&m.span(), key) => (
-                                    m.span(),
-                                    format!("profile[{pname}].endpoint[{}].monitor", e.name),
-                                ),
-                                (_, Some(m)) => (m.span(), format!("profile[{pname}].monitor")),
-                                (Some(m), None) => (
-                                    m.span(),
-                                    format!("profile[{pname}].endpoint[{}].monitor", e.name),
-                                ),
-                                (None, None) => (es.clone(), ef("monitor")),
-                            };
-                            cx.err(&span, key, format!("{prefix}.{key}"), msg);
-                            None
-                        }
-                    }
-                }
-            };
-            for (key, v) in [
-                ("min_child_endpoints", e.min_child_endpoints),
-                ("min_child_endpoints_ipv4", e.min_child_endpoints_ipv4),
-                ("min_child_endpoints_ipv6", e.min_child_endpoints_ipv6),
-            ] {
-                if v.is_some() && !is_nested {
-                    cx.err(&es, key, ef(key), "only used by nested-profile endpoints");
                 }
             }
-            endpoints.push(Endpoint {
-                key: Arc::from(format!("{owner}/{}", e.name)),
-                name: e.name.clone(),
-                target,
-                enabled: e.enabled.unwrap_or(true),
-                region,
-                point,
-                weight,
-                priority,
-                geo,
-                subnets,
-                min_child: e.min_child_endpoints.unwrap_or(1),
-                min_child_v4: e.min_child_endpoints_ipv4.unwrap_or(0),
-                min_child_v6: e.min_child_endpoints_ipv6.unwrap_or(0),
-                monitor,
-                answers: Default::default(),
-                capacity,
-            });
+        };
+        for (key, v) in [
+            ("min_child_endpoints", e.min_child_endpoints),
+            ("min_child_endpoints_ipv4", e.min_child_endpoints_ipv4),
+            ("min_child_endpoints_ipv6", e.min_child_endpoints_ipv6),
+        ] {
+            if v.is_some() && !is_nested {
+                cx.err(&es, key, ef(key), "only used by nested-profile endpoints");
+            }
         }
-        profiles.push(Profile {
-            owner,
-            owner_wire,
-            method: p.method,
-            ttl,
-            max_answers,
-            sticky: p.sticky.unwrap_or(false),
-            geo_strict: p.geo_strict.unwrap_or(false),
-            stability,
-            endpoints,
-            can_answer: [false; 3],
-            queries: Default::default(),
-            fail_open: Default::default(),
+        endpoints.push(Endpoint {
+            key: Arc::from(format!("{owner}/{}", e.name)),
+            name: e.name.clone(),
+            target,
+            enabled: e.enabled.unwrap_or(true),
+            region,
+            point,
+            weight,
+            priority,
+            geo,
+            subnets,
+            min_child: e.min_child_endpoints.unwrap_or(1),
+            min_child_v4: e.min_child_endpoints_ipv4.unwrap_or(0),
+            min_child_v6: e.min_child_endpoints_ipv6.unwrap_or(0),
+            monitor,
+            answers: Default::default(),
+            capacity,
         });
     }
-    // Nested references: no cycles, depth ≤ MAX_DEPTH.
+    Some(Profile {
+        owner,
+        owner_wire,
+        method: p.method,
+        ttl,
+        max_answers,
+        sticky: p.sticky.unwrap_or(false),
+        geo_strict: p.geo_strict.unwrap_or(false),
+        stability,
+        endpoints,
+        can_answer: [false; 3],
+        queries: Default::default(),
+        fail_open: Default::default(),
+    })
+}
+
+/// A nested reference: (parent profile, child profile, span of the endpoint, endpoint name).
+type NestedRef = (usize, usize, std::ops::Range<usize>, String);
+
+/// Stage 3: nested references form no cycle and no chain deeper than [`MAX_DEPTH`].
+fn check_nesting(cx: &mut Ctx<'_>, raw: &RawFile, nested_refs: &[NestedRef]) {
     let n = raw.profile.len();
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for r in &nested_refs {
+    for r in nested_refs {
         children[r.0].push(r.1);
     }
     let pname = |i: usize| raw.profile[i].get_ref().name.to_ascii_lowercase();
@@ -693,7 +734,7 @@ pub fn load_profiles(
             .join(" → ")
     };
     let chains = longest_chains(&children);
-    for (parent, child, span, endpoint) in &nested_refs {
+    for (parent, child, span, endpoint) in nested_refs {
         let field = format!("profile[{}].endpoint[{endpoint}].profile", pname(*parent));
         let cname = pname(*child);
         let in_cycle = chains[*child].is_none();
@@ -723,10 +764,6 @@ pub fn load_profiles(
         };
         cx.err(span, "profile", field, message);
     }
-    if !cx.errors.is_empty() {
-        return Err(ConfigErrors(cx.errors));
-    }
-    Ok(profiles)
 }
 
 /// For every profile, the longest chain of nested profiles starting there (itself first), or
