@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::config::Config;
+use crate::health::{ForceAction, ForceEntry, ForceTarget};
 
 /// Where and how to reach the admin API.
 pub struct ApiTarget {
@@ -143,13 +144,93 @@ pub fn drill_stop(t: &ApiTarget, id: Option<&str>) -> Result<String, String> {
     ))
 }
 
-/// `geosteer force`.
+/// `geosteer force`: what the call changed, in words — on a lift, every entry it lifted (or
+/// that there was nothing to lift), the drills it stopped, and any force still holding it.
 pub fn force(t: &ApiTarget, body: Value) -> Result<String, String> {
     let v = t.call("POST", "/api/force", Some(body))?;
-    Ok(format!(
-        "{}\n",
-        serde_json::to_string_pretty(&v).unwrap_or_default()
-    ))
+    Ok(force_report(&v))
+}
+
+fn target_text(t: &ForceTarget) -> String {
+    match t {
+        ForceTarget::Endpoint(k) => format!("endpoint {k}"),
+        ForceTarget::Region(r) => format!("region {r}"),
+    }
+}
+
+fn entry_text(e: &ForceEntry) -> String {
+    let action = match e.force.action {
+        ForceAction::Down => "down",
+        ForceAction::Up => "up",
+    };
+    let scope = if e.force.scope.is_empty() {
+        "all clients".to_string()
+    } else {
+        e.force
+            .scope
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let by = e
+        .drill
+        .as_ref()
+        .map_or(String::new(), |d| format!(" [drill {d}]"));
+    format!(
+        "  {} {action} for {scope}{by}: {}\n",
+        target_text(&e.target),
+        e.force.reason
+    )
+}
+
+/// The text of a `POST /api/force` answer (see `ops::control::ForceOutcome`).
+fn force_report(v: &Value) -> String {
+    let list =
+        |k: &str| -> Vec<ForceEntry> { serde_json::from_value(v[k].clone()).unwrap_or_default() };
+    let Ok(target) = serde_json::from_value::<ForceTarget>(v["target"].clone()) else {
+        return format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default());
+    };
+    let target = target_text(&target);
+    let (lifted, still, forced) = (list("lifted"), list("still_forced"), list("forced"));
+    let mut out = String::new();
+    match v["action"].as_str() {
+        None => {
+            if lifted.is_empty() {
+                out.push_str(&format!(
+                    "nothing to lift: no forced state or drill on {target}\n"
+                ));
+            } else {
+                out.push_str(&format!(
+                    "lifted {} forced state(s) on {target}:\n",
+                    lifted.len()
+                ));
+                lifted.iter().for_each(|e| out.push_str(&entry_text(e)));
+            }
+            let drills: Vec<String> =
+                serde_json::from_value(v["stopped_drills"].clone()).unwrap_or_default();
+            if !drills.is_empty() {
+                out.push_str(&format!(
+                    "stopped drill(s) {}: they verify the revert in the background (geosteer drill status)\n",
+                    drills.join(", ")
+                ));
+            }
+            if !still.is_empty() {
+                out.push_str("still forced (lift the region to clear it):\n");
+                still.iter().for_each(|e| out.push_str(&entry_text(e)));
+            }
+        }
+        Some(action) => {
+            out.push_str(&format!("forced {target} {action}\n"));
+            if !lifted.is_empty() {
+                out.push_str("replacing:\n");
+                lifted.iter().for_each(|e| out.push_str(&entry_text(e)));
+            }
+        }
+    }
+    out.push_str(&format!("forced states in effect: {}\n", forced.len()));
+    forced.iter().for_each(|e| out.push_str(&entry_text(e)));
+    out
 }
 
 /// `geosteer reload [--allow-removal]`.

@@ -200,12 +200,6 @@ impl fmt::Display for Report {
                     terms
                 )?;
             }
-            if level.failed_open {
-                writeln!(
-                    f,
-                    "  every endpoint degraded: serving them anyway (fail-open)"
-                )?;
-            }
             writeln!(f, "  decision: {}", level.decision)?;
         }
         writeln!(

@@ -225,6 +225,31 @@ impl Metrics {
         }
         help(
             &mut o,
+            "geosteer_profile_failed_open",
+            "gauge",
+            "1 while every endpoint of the profile able to answer is Degraded and all are served anyway (fail-open).",
+        );
+        for (i, p) in state.routing.profiles.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "geosteer_profile_failed_open{{profile=\"{}\"}} {}",
+                p.owner,
+                u8::from(state.routing.fails_open(i, health))
+            );
+        }
+        help(
+            &mut o,
+            "geosteer_fail_open_transitions_total",
+            "counter",
+            "Times a profile went into or out of fail-open since start.",
+        );
+        let _ = writeln!(
+            o,
+            "geosteer_fail_open_transitions_total {}",
+            health.fail_open_transitions
+        );
+        help(
+            &mut o,
             "geosteer_endpoint_answers_total",
             "counter",
             "Answers naming each endpoint (since the last reload).",
@@ -438,12 +463,15 @@ mod effective_tests {
             );
         }
         let mut forced_up = h.get("top.t./leaf-off").clone();
-        forced_up.forced = Some(std::sync::Arc::new(crate::health::Force {
-            action: crate::health::ForceAction::Up,
-            scope: vec![],
-            reason: "test".into(),
-            until: None,
-        }));
+        forced_up.forced = vec![(
+            crate::health::ForceOrigin::Endpoint,
+            std::sync::Arc::new(crate::health::Force {
+                action: crate::health::ForceAction::Up,
+                scope: vec![],
+                reason: "test".into(),
+                until: None,
+            }),
+        )];
         h.set("top.t./leaf-off", forced_up);
         for (_, e) in t.endpoints() {
             h.details.insert(e.key.clone(), EndpointStatus::default());

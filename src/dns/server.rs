@@ -51,6 +51,39 @@ fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(s.into())
 }
 
+/// Binds a plain UDP socket — *without* `SO_REUSEPORT` — on `addr`, notes the address it got
+/// and closes it again.
+///
+/// Our workers share one port through `SO_REUSEPORT`, and the kernel lets *any* socket of the
+/// same user join such a group: a second geosteer (or anything else) started with the same
+/// UDP address would bind silently and take a share of the queries. A socket without the
+/// option cannot share: its bind fails with `EADDRINUSE` while anyone holds the port (with or
+/// without `SO_REUSEPORT`), and on port 0 the kernel picks a port nobody holds (with the
+/// option, port 0 may land in another process's group). So this probe runs before the group
+/// is bound; the group then binds the port the probe proved free.
+fn udp_exclusive_probe(addr: SocketAddr) -> io::Result<SocketAddr> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("UDP socket without an IP address"))
+}
+
+/// The error for a UDP address another process holds (or any other bind error).
+fn udp_bind_error(addr: SocketAddr, e: io::Error) -> anyhow::Error {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        anyhow::anyhow!(
+            "failed to bind UDP socket {addr}: address already in use by another process \
+             (geosteer shares a port only among its own workers)"
+        )
+    } else {
+        anyhow::Error::new(e).context(format!("failed to bind UDP socket {addr}"))
+    }
+}
+
 fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
@@ -85,10 +118,14 @@ pub fn bind(udp: &[SocketAddr], tcp: &[SocketAddr], workers: usize) -> anyhow::R
             // Find a port free for UDP and, if this IP also listens on TCP port 0, for TCP.
             let wants_tcp = tcp.iter().any(|t| t.ip() == a.ip() && t.port() == 0);
             for _ in 0..PORT_PICK_ATTEMPTS {
-                let s = udp_socket(a).with_context(|| format!("failed to bind UDP socket {a}"))?;
-                let port = s.local_addr()?.port();
-                if !wants_tcp || tcp_listener(SocketAddr::new(a.ip(), port)).is_ok() {
-                    picked.push((a.ip(), port));
+                // The kernel's pick for a socket without SO_REUSEPORT: a port nobody holds.
+                let free = udp_exclusive_probe(a).map_err(|e| udp_bind_error(a, e))?;
+                if wants_tcp && tcp_listener(free).is_err() {
+                    continue;
+                }
+                // Taken between the probe and now: try another port.
+                if let Ok(s) = udp_socket(free) {
+                    picked.push((a.ip(), free.port()));
                     first = Some(s);
                     break;
                 }
@@ -98,12 +135,14 @@ pub fn bind(udp: &[SocketAddr], tcp: &[SocketAddr], workers: usize) -> anyhow::R
             }
         }
         let addr = resolve(a, &picked);
+        if first.is_none() && a.port() != 0 {
+            // A given port: refuse it if another process holds it (see udp_exclusive_probe).
+            udp_exclusive_probe(addr).map_err(|e| udp_bind_error(addr, e))?;
+        }
         let mut sockets = Vec::with_capacity(workers);
         sockets.extend(first);
         while sockets.len() < workers {
-            sockets.push(
-                udp_socket(addr).with_context(|| format!("failed to bind UDP socket {addr}"))?,
-            );
+            sockets.push(udp_socket(addr).map_err(|e| udp_bind_error(addr, e))?);
         }
         let addr = sockets[0].local_addr()?;
         bound.udp.push((addr, sockets));

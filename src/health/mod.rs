@@ -87,8 +87,10 @@ pub struct EndpointHealth {
     pub rtt_ms: Option<f64>,
     /// Answers pointing here get a short TTL (suspect or just recovered; see `state`).
     pub short_ttl: bool,
-    /// Operator override, if any.
-    pub forced: Option<Arc<Force>>,
+    /// Operator and drill overrides that target this endpoint (directly or through its
+    /// region), each with where it comes from; which one applies to a client is decided by
+    /// `routing::effective` (precedence, then scope).
+    pub forced: Vec<(ForceOrigin, Arc<Force>)>,
     /// Probe RTT as used for *ranking*: follows `rtt_ms` only once a change beyond the
     /// profile's margin has persisted for its hold time (hysteresis against noise).
     pub rank_rtt_ms: Option<f64>,
@@ -109,7 +111,7 @@ static UNKNOWN: EndpointHealth = EndpointHealth {
     state: MonitorState::CheckingEndpoint,
     rtt_ms: None,
     short_ttl: false,
-    forced: None,
+    forced: Vec::new(),
     rank_rtt_ms: None,
     load: None,
     ramp: 1.0,
@@ -125,6 +127,18 @@ pub enum ForceTarget {
     Region(String),
 }
 
+/// Where a force on an endpoint comes from (precedence among them: `routing::effective`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForceOrigin {
+    /// An operator's force on this endpoint.
+    Endpoint,
+    /// A drill's force on this endpoint.
+    Drill,
+    /// An operator's force on the endpoint's region.
+    Region,
+}
+
 /// A forced state and what it targets, as stored and as the prober applies it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ForceEntry {
@@ -135,6 +149,17 @@ pub struct ForceEntry {
     /// Drill that owns it, if any (drills lift their own forces).
     #[serde(default)]
     pub drill: Option<String>,
+}
+
+impl ForceEntry {
+    /// Where it comes from, as an endpoint it hits sees it.
+    pub fn origin(&self) -> ForceOrigin {
+        match (&self.target, &self.drill) {
+            (_, Some(_)) => ForceOrigin::Drill,
+            (ForceTarget::Endpoint(_), None) => ForceOrigin::Endpoint,
+            (ForceTarget::Region(_), None) => ForceOrigin::Region,
+        }
+    }
 }
 
 /// Operator-facing detail of one endpoint (status API, metrics); not read by queries.
@@ -181,6 +206,12 @@ pub struct HealthSnapshot {
     pub state_changes: u64,
     /// Forced states in effect.
     pub forced: Vec<ForceEntry>,
+    /// Profiles (owner names) that fail open right now: every endpoint able to answer is
+    /// Degraded, so all of them are served anyway (for everyone; see
+    /// `RoutingTable::fails_open`).
+    pub failed_open: Vec<String>,
+    /// Times a profile went into or out of fail-open since start.
+    pub fail_open_transitions: u64,
 }
 
 impl HealthSnapshot {

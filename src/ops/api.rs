@@ -24,7 +24,7 @@ use super::drill::DrillRequest;
 use crate::geo::GeoPoint;
 use crate::health::{ForceAction, ForceTarget, MonitorState};
 use crate::locate::Location;
-use crate::routing::effective::Viewer;
+use crate::routing::effective::{Viewer, force_for, precedence};
 use crate::routing::{Client, Family, Method, Target};
 
 /// Largest request body accepted (drill and force requests are tiny).
@@ -199,7 +199,16 @@ async fn status(AxState(c): AxState<Shared>) -> Response {
                         targets: targets(&e.target, &st.routing.profiles),
                         enabled: e.enabled,
                         state,
-                        forced: h.forced.as_deref().cloned(),
+                        // The force that decides the state for everyone, else the strongest
+                        // scoped one (precedence: routing::effective).
+                        forced: force_for(h, Viewer::Everyone)
+                            .or_else(|| {
+                                h.forced
+                                    .iter()
+                                    .min_by_key(|(o, _)| precedence(*o))
+                                    .map(|(_, f)| &**f)
+                            })
+                            .cloned(),
                         rtt_ms: h.rtt_ms,
                         since_unix: d.map(|d| d.since_unix),
                         reason: d.map(|d| d.reason.clone()),
@@ -231,6 +240,7 @@ async fn status(AxState(c): AxState<Shared>) -> Response {
         "reload": reload,
         "zones": st.zones.iter().map(|z| z.origin.to_string()).collect::<Vec<_>>(),
         "profiles": profiles,
+        "failed_open": health.failed_open,
         "forced": c.forced(),
         "drills": c.drills(),
     }))
@@ -316,18 +326,22 @@ async fn map_data(AxState(c): AxState<Shared>, Query(q): Query<MapQuery>) -> Res
         grid.push(row);
         lat -= step;
     }
+    // Fail-open: every endpoint Degraded, all served anyway — shown as served, and why.
+    let failed_open = table.fails_open(pi, &health);
     let endpoints: Vec<_> = p
         .endpoints
         .iter()
         .map(|e| {
             let h = health.get(&e.key);
             let state = table.effective_state(e, &health, Viewer::Everyone);
+            let by_fail_open = failed_open && state == MonitorState::Degraded;
             json!({
                 "name": e.name,
                 "region": e.region,
                 "location": e.point,
                 "state": state,
-                "served": state.serves(),
+                "served": state.serves() || by_fail_open,
+                "fail_open": by_fail_open,
                 "rtt_ms": h.rtt_ms,
             })
         })
@@ -337,6 +351,7 @@ async fn map_data(AxState(c): AxState<Shared>, Query(q): Query<MapQuery>) -> Res
         "profile": p.owner.to_string(),
         "profiles": profiles,
         "step": step,
+        "failed_open": failed_open,
         "endpoints": endpoints,
         "grid": grid,
     }))

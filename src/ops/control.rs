@@ -17,7 +17,7 @@ use super::store::Persisted;
 use crate::base::Clock;
 use crate::config::Config;
 use crate::dns::Handler;
-use crate::health::{Force, ForceAction, ForceEntry, ForceTarget, HealthSnapshot};
+use crate::health::{Force, ForceAction, ForceEntry, ForceOrigin, ForceTarget, HealthSnapshot};
 use crate::metrics::Metrics;
 use crate::probing::prober::Prober;
 use crate::state::State;
@@ -62,6 +62,25 @@ impl ControlError {
             Self::NotSaved(_) => 500,
         }
     }
+}
+
+/// What a `force` call did: the API's JSON answer and the CLI's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForceOutcome {
+    /// The target asked for.
+    pub target: ForceTarget,
+    /// The action (`None` = lift: back to probing).
+    pub action: Option<ForceAction>,
+    /// Entries this call removed: on a lift every force it cleared (drills' included), else
+    /// the operator force of the same target it replaced.
+    pub lifted: Vec<ForceEntry>,
+    /// Drills stopped because their force was lifted.
+    pub stopped_drills: Vec<String>,
+    /// After a lift: forces that still hold an endpoint of the target (a region force over a
+    /// lifted endpoint).
+    pub still_forced: Vec<ForceEntry>,
+    /// Every forced state in effect now.
+    pub forced: Vec<ForceEntry>,
 }
 
 /// Outcome of the last reload.
@@ -351,8 +370,15 @@ impl Control {
         Ok((p.owner.to_string(), e.key.to_string()))
     }
 
-    /// Forces an endpoint or a region down/up (replacing an earlier force of the same
-    /// target), or lifts it (`action = None`: back to probing).
+    /// Forces an endpoint or a region down/up (replacing an earlier operator force of the same
+    /// target), or lifts (`action = None`: back to probing).
+    ///
+    /// Lifting is what an operator reaches for in an emergency, so it clears everything that
+    /// holds the target, not only the entry of that exact name: lifting a region removes every
+    /// force on the region *and* on each endpoint in it, drills' forces included (those drills
+    /// are stopped, recorded as stopped, and verify their revert in the background); lifting
+    /// an endpoint removes every force and drill on it. A region force still covering a lifted
+    /// endpoint is left alone (it holds other endpoints too) and reported in `still_forced`.
     ///
     /// The change is written to the state file *before* it takes effect: if the write fails,
     /// the change is rolled back in memory, the prober never sees it, and the caller gets
@@ -365,32 +391,48 @@ impl Control {
         reason: String,
         duration: Option<Duration>,
         scope: Vec<ipnet::IpNet>,
-    ) -> Result<Vec<ForceEntry>, ControlError> {
-        // Validate the target against the current table.
-        let known = {
+    ) -> Result<ForceOutcome, ControlError> {
+        // Validate the target against the current table; note which endpoints it covers and
+        // which region each endpoint is in (what a lift clears, and what may still hold it).
+        let (covered, regions): (Vec<String>, Vec<(String, String)>) = {
             let state = self.state.load();
-            state
+            let all: Vec<&crate::routing::Endpoint> = state
                 .routing
                 .profiles
                 .iter()
                 .flat_map(|p| &p.endpoints)
-                .any(|e| match &target {
+                .collect();
+            let covered = all
+                .iter()
+                .filter(|e| match &target {
                     ForceTarget::Endpoint(k) => &*e.key == k.as_str(),
                     ForceTarget::Region(r) => e.region.as_deref() == Some(r.as_str()),
                 })
+                .map(|e| e.key.to_string())
+                .collect();
+            let regions = all
+                .iter()
+                .filter_map(|e| Some((e.key.to_string(), e.region.clone()?)))
+                .collect();
+            (covered, regions)
         };
-        if !known {
+        if covered.is_empty() {
             return Err(ControlError::NotFound(format!(
                 "no endpoint matches {target:?}"
             )));
         }
+        // What this call removes: a force/unforce replaces the operator's force of the same
+        // target; a lift removes every force on the target and on the endpoints it covers.
+        let lifts = |f: &ForceEntry| match (action, &f.target) {
+            (Some(_), t) => *t == target && f.drill.is_none(),
+            (None, t) if *t == target => true,
+            (None, ForceTarget::Endpoint(k)) => covered.contains(k),
+            (None, ForceTarget::Region(_)) => false,
+        };
         let _serial = self.save_lock.lock().await;
         let replaced: Vec<ForceEntry> = {
             let mut p = self.persisted();
-            let replaced = p
-                .forced
-                .extract_if(.., |f| f.target == target && f.drill.is_none())
-                .collect();
+            let replaced = p.forced.extract_if(.., |f| lifts(f)).collect();
             if let Some(action) = action {
                 p.forced.push(ForceEntry {
                     target: target.clone(),
@@ -418,19 +460,72 @@ impl Control {
         }
         let forced = self.forced();
         self.prober.set_forced(forced.clone()).await;
-        info!(?target, ?action, %reason, "forced state changed");
-        Ok(forced)
+        // Drills whose force was lifted are over: record them as stopped now (`drill status`
+        // must not say Running for a drill nothing holds any more) and let their finisher
+        // verify the revert.
+        let stopped_drills: Vec<String> = replaced.iter().filter_map(|f| f.drill.clone()).collect();
+        if !stopped_drills.is_empty() {
+            {
+                let mut p = self.persisted();
+                for d in p
+                    .drills
+                    .iter_mut()
+                    .filter(|d| d.status == DrillStatus::Running && stopped_drills.contains(&d.id))
+                {
+                    d.status = DrillStatus::Stopped;
+                }
+            }
+            let stops = self.drill_stops.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &stopped_drills {
+                if let Some(n) = stops.get(id) {
+                    n.notify_one();
+                }
+            }
+        }
+        // A lifted endpoint may still be held by its region's force: say so.
+        let still_forced: Vec<ForceEntry> = if action.is_none() {
+            forced
+                .iter()
+                .filter(|f| match &f.target {
+                    ForceTarget::Region(r) => covered
+                        .iter()
+                        .any(|k| regions.iter().any(|(key, region)| key == k && region == r)),
+                    ForceTarget::Endpoint(k) => covered.contains(k),
+                })
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if action.is_none() {
+            info!(?target, lifted = replaced.len(), drills_stopped = ?stopped_drills, "forced states lifted");
+        } else {
+            info!(?target, ?action, %reason, "forced state changed");
+        }
+        Ok(ForceOutcome {
+            target,
+            action,
+            lifted: replaced,
+            stopped_drills,
+            still_forced,
+            forced,
+        })
     }
 
     fn predicted_handler(&self, key: &str, scope: &[ipnet::IpNet]) -> Handler {
         let mut health = (**self.health.load()).clone();
         let mut h = health.get(key).clone();
-        h.forced = Some(Arc::new(Force {
-            action: ForceAction::Down,
-            scope: scope.to_vec(),
-            reason: "dry run".into(),
-            until: None,
-        }));
+        // Added beside the forces already there: the effective-state rule weighs it against
+        // them exactly as it will weigh the drill's real force.
+        h.forced.push((
+            ForceOrigin::Drill,
+            Arc::new(Force {
+                action: ForceAction::Down,
+                scope: scope.to_vec(),
+                reason: "dry run".into(),
+                until: None,
+            }),
+        ));
         health.set(key, h);
         Handler::new(
             self.state.clone(),
@@ -543,10 +638,16 @@ impl Control {
         let forced_at = tokio::time::Instant::now();
         self.commit().await;
         self.watch(&profile, &mut results, forced_at, true).await;
-        record.verified_move = Some(results.iter().all(|r| {
-            let moved = r.during.as_deref() != Some(r.before.as_str());
-            moved == r.expected_move
-        }));
+        // Verified only if something was expected to move and did (and nothing else did): a
+        // drill whose samples all stay put proves nothing about failover, so it must not say
+        // "yes" (the report says there was nothing to verify).
+        record.verified_move = Some(
+            results.iter().any(|r| r.expected_move)
+                && results.iter().all(|r| {
+                    let moved = r.during.as_deref() != Some(r.before.as_str());
+                    moved == r.expected_move
+                }),
+        );
         record.samples = results;
         self.upsert_drill(record.clone());
         self.commit().await;

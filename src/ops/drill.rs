@@ -97,10 +97,19 @@ pub struct DrillRecord {
     pub status: DrillStatus,
     /// Per-sample results.
     pub samples: Vec<SampleResult>,
-    /// Every sample expected to move moved, and none other did.
+    /// At least one sample was expected to move, every such sample moved, and none other did
+    /// (`false` when no sample was expected to move: nothing was verified).
     pub verified_move: Option<bool>,
     /// Every sample is back to its old answer.
     pub verified_back: Option<bool>,
+}
+
+impl DrillRecord {
+    /// No sample was expected to move: the drill cannot show that answers move, so its move
+    /// is never reported as verified.
+    pub fn nothing_to_verify(&self) -> bool {
+        !self.samples.iter().any(|s| s.expected_move)
+    }
 }
 
 impl std::fmt::Display for DrillRecord {
@@ -153,7 +162,15 @@ impl std::fmt::Display for DrillRecord {
             )?;
         }
         if let Some(v) = self.verified_move {
-            writeln!(f, "  move verified: {}", if v { "yes" } else { "NO" })?;
+            if self.nothing_to_verify() {
+                writeln!(
+                    f,
+                    "  move verified: NO (nothing to verify: no sample is expected to move; \
+                     give a --scope or [admin] drill_samples that this endpoint serves)"
+                )?;
+            } else {
+                writeln!(f, "  move verified: {}", if v { "yes" } else { "NO" })?;
+            }
         }
         if let Some(v) = self.verified_back {
             writeln!(f, "  revert verified: {}", if v { "yes" } else { "NO" })?;

@@ -29,7 +29,8 @@ use crate::health::load::CapacitySpec;
 use crate::health::monitor::{MonitorSpec, Protocol};
 use crate::health::state::Tracker;
 use crate::health::{
-    EndpointHealth, EndpointStatus, Force, ForceEntry, ForceTarget, HealthSnapshot, MonitorState,
+    EndpointHealth, EndpointStatus, Force, ForceEntry, ForceOrigin, ForceTarget, HealthSnapshot,
+    MonitorState,
 };
 use crate::routing::{RoutingTable, Stability, Target};
 
@@ -207,6 +208,8 @@ pub struct Plan {
     loads: Vec<LoadTarget>,
     /// Each endpoint's profile stability settings.
     stability: HashMap<Arc<str>, Stability>,
+    /// The table itself, to tell which profiles fail open in each snapshot.
+    table: Arc<RoutingTable>,
 }
 
 impl Plan {
@@ -248,6 +251,7 @@ impl Plan {
             regions,
             loads,
             stability,
+            table: Arc::new(table.clone()),
         }
     }
 }
@@ -297,6 +301,8 @@ pub fn spawn(
         details: HashMap::new(),
         forced,
         state_changes: 0,
+        failed_open: Vec::new(),
+        fail_open_transitions: 0,
         health,
         clock,
     };
@@ -324,6 +330,9 @@ struct Publisher {
     details: HashMap<Arc<str>, EndpointStatus>,
     forced: Vec<ForceEntry>,
     state_changes: u64,
+    /// Profiles failing open in the last snapshot, and transitions since start.
+    failed_open: Vec<String>,
+    fail_open_transitions: u64,
     health: Arc<ArcSwap<HealthSnapshot>>,
     /// Wall time for status times and forced-state expiry (injected: paused time in tests).
     clock: Clock,
@@ -466,7 +475,9 @@ impl Publisher {
         let now_secs = unix as u64;
         self.forced
             .retain(|f| f.force.until.is_none_or(|u| u > now_secs));
-        let mut forced_by_key: HashMap<Arc<str>, Arc<Force>> = HashMap::new();
+        // Every force that hits an endpoint is kept with its origin (in list order); which one
+        // applies to a client is the effective-state rule's decision (routing::effective).
+        let mut forced_by_key: HashMap<Arc<str>, Vec<(ForceOrigin, Arc<Force>)>> = HashMap::new();
         for entry in &self.forced {
             let force = Arc::new(entry.force.clone());
             for (key, region) in &self.plan.regions {
@@ -475,7 +486,10 @@ impl Publisher {
                     ForceTarget::Region(r) => region.as_deref() == Some(r.as_str()),
                 };
                 if hit {
-                    forced_by_key.insert(key.clone(), force.clone());
+                    forced_by_key
+                        .entry(key.clone())
+                        .or_default()
+                        .push((entry.origin(), force.clone()));
                 }
             }
         }
@@ -504,7 +518,7 @@ impl Publisher {
                         state: t.state(),
                         rtt_ms: t.rtt_ms(),
                         short_ttl: t.short_ttl(now),
-                        forced: None,
+                        forced: Vec::new(),
                         rank_rtt_ms: rank,
                         load,
                         ramp,
@@ -520,8 +534,8 @@ impl Publisher {
                     ..Default::default()
                 },
             };
-            let forced = forced_by_key.get(key).cloned();
-            if forced.is_some()
+            let forced = forced_by_key.remove(key).unwrap_or_default();
+            if !forced.is_empty()
                 || self.trackers.contains_key(key)
                 || self.plan.unmonitored.contains(key)
                 || base.load.is_some()
@@ -553,7 +567,41 @@ impl Publisher {
         });
         snap.state_changes = self.state_changes;
         snap.forced = self.forced.clone();
+        self.note_fail_open(&mut snap);
         self.health.store(Arc::new(snap));
+    }
+
+    /// Finds the profiles that fail open in `snap` (the one rule: `RoutingTable::fails_open`)
+    /// and logs each transition into or out of fail-open once — here, where snapshots are
+    /// made, never on the query path (a query-time log would fire per query).
+    fn note_fail_open(&mut self, snap: &mut HealthSnapshot) {
+        let table = &self.plan.table;
+        let now: Vec<String> = (0..table.profiles.len())
+            .filter(|&i| table.fails_open(i, snap))
+            .map(|i| table.profiles[i].owner.to_string())
+            .collect();
+        for p in now.iter().filter(|p| !self.failed_open.contains(p)) {
+            self.fail_open_transitions += 1;
+            warn!(
+                profile = %p,
+                "fail-open: every endpoint of the profile is Degraded; serving them anyway (short TTL)"
+            );
+        }
+        let current = table
+            .profiles
+            .iter()
+            .map(|p| p.owner.to_string())
+            .collect::<Vec<_>>();
+        for p in self.failed_open.iter().filter(|p| !now.contains(p)) {
+            // A profile removed by a reload just leaves the set.
+            if current.contains(p) {
+                self.fail_open_transitions += 1;
+                info!(profile = %p, "fail-open ended: an endpoint of the profile is served again");
+            }
+        }
+        self.failed_open = now.clone();
+        snap.failed_open = now;
+        snap.fail_open_transitions = self.fail_open_transitions;
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, initial: Plan) {

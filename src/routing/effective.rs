@@ -9,15 +9,45 @@
 //!    not forced back into service by an operator override).
 //! 2. A forced state that applies to the viewer → `ForcedDown` / `ForcedUp`. A scoped force
 //!    applies only to clients inside its networks; operator views (metrics, status, map) see
-//!    the state "for everyone", i.e. only unscoped forces.
+//!    the state "for everyone", i.e. only unscoped forces. When several forces hit one
+//!    endpoint, the one of highest [`precedence`] among those that apply to the viewer decides:
+//!    an operator's force on the endpoint, then a drill's force on it, then an operator's force
+//!    on its region (the more specific target wins; on one endpoint the operator beats a drill,
+//!    which is only a rehearsal). A scoped force never masks a lower one for clients outside
+//!    its scope: they get the next force that applies to them, or none.
 //! 3. A nested endpoint → `Online` while at least `min_child_endpoints` (and the IPv4/IPv6
 //!    minimums) of its child profile's endpoints are served by this same rule, else `Degraded`.
 //! 4. Otherwise the probes' verdict (`CheckingEndpoint`, `Online`, `Degraded`, `Unmonitored`).
+//!
+//! On top of the endpoint states, one profile-level rule: when no endpoint able to answer a
+//! family is served but some are `Degraded`, those are served anyway (fail-open, see
+//! [`RoutingTable::fails_open`]); `ForcedDown` and `Disabled` endpoints never are.
 
 use std::net::IpAddr;
 
-use super::{Endpoint, Family, MAX_DEPTH, RoutingTable, Target};
-use crate::health::{ForceAction, HealthSnapshot, MonitorState};
+use super::{Endpoint, Family, MAX_DEPTH, RoutingTable, Small, Target};
+use crate::health::{
+    EndpointHealth, Force, ForceAction, ForceOrigin, HealthSnapshot, MonitorState,
+};
+
+/// Precedence of a force by where it comes from: lower wins (see the module doc).
+pub fn precedence(origin: ForceOrigin) -> u8 {
+    match origin {
+        ForceOrigin::Endpoint => 0,
+        ForceOrigin::Drill => 1,
+        ForceOrigin::Region => 2,
+    }
+}
+
+/// The force that decides an endpoint's state for `viewer`: of the forces that apply to the
+/// viewer, the one of highest [`precedence`] (on a tie, the earlier one).
+pub fn force_for(h: &EndpointHealth, viewer: Viewer) -> Option<&Force> {
+    h.forced
+        .iter()
+        .filter(|(_, f)| f.applies_to(viewer.addr()))
+        .min_by_key(|(o, _)| precedence(*o))
+        .map(|(_, f)| &**f)
+}
 
 /// Whose view a state is computed for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +96,7 @@ impl RoutingTable {
             return MonitorState::Disabled;
         }
         let h = health.get(&ep.key);
-        if let Some(f) = &h.forced
-            && f.applies_to(viewer.addr())
-        {
+        if let Some(f) = force_for(h, viewer) {
             return match f.action {
                 ForceAction::Down => MonitorState::ForcedDown,
                 ForceAction::Up => MonitorState::ForcedUp,
@@ -99,6 +127,21 @@ impl RoutingTable {
             }
             _ => h.state,
         }
+    }
+
+    /// Whether profile `p` fails open for everyone (operator views: metrics, the map, the
+    /// prober's log): for some family the profile answers, no endpoint is served and some are
+    /// `Degraded`, so those are served anyway — the same candidate rule `select` applies.
+    pub fn fails_open(&self, p: usize, health: &HealthSnapshot) -> bool {
+        let profile = &self.profiles[p];
+        let states: Small<MonitorState> = profile
+            .endpoints
+            .iter()
+            .map(|e| self.effective_state(e, health, Viewer::Everyone))
+            .collect();
+        [Family::V4, Family::V6, Family::Any]
+            .into_iter()
+            .any(|f| profile.can_answer[f.index()] && self.candidates(profile, f, &states).1)
     }
 
     /// Every endpoint of every profile with its profile index (operator views).
@@ -234,7 +277,10 @@ enabled = false
                             h.set(&ep.key, probed(probe));
                         }
                         let mut own = h.get(&ep.key).clone();
-                        own.forced = force(f);
+                        own.forced = force(f)
+                            .into_iter()
+                            .map(|f| (ForceOrigin::Endpoint, f))
+                            .collect();
                         h.set(&ep.key, own);
                         // Expected, row by row: configuration, then forces for the viewer,
                         // then children (nested) or probes.

@@ -465,6 +465,29 @@ impl RoutingTable {
         }
     }
 
+    /// Candidates at one profile level, given each endpoint's effective state: eligible for the
+    /// family and served; if none is served but some eligible ones are `Degraded`, those
+    /// (fail-open, the `bool`). Shared by [`Self::select`] and [`Self::fails_open`].
+    fn candidates(
+        &self,
+        profile: &Profile,
+        family: Family,
+        states: &[MonitorState],
+    ) -> (Small<usize>, bool) {
+        let eligible = |i: usize| self.eligible(&profile.endpoints[i], family);
+        let cands: Small<usize> = (0..profile.endpoints.len())
+            .filter(|&i| eligible(i) && states[i].serves())
+            .collect();
+        if !cands.is_empty() {
+            return (cands, false);
+        }
+        let degraded: Small<usize> = (0..profile.endpoints.len())
+            .filter(|&i| eligible(i) && states[i] == MonitorState::Degraded)
+            .collect();
+        let failed_open = !degraded.is_empty();
+        (degraded, failed_open)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn select_into<'t>(
         &'t self,
@@ -486,18 +509,13 @@ impl RoutingTable {
             .iter()
             .map(|e| self.state(e, health, client, depth))
             .collect();
-        let eligible = |i: usize| self.eligible(&profile.endpoints[i], family);
-        let mut cands: Small<usize> = (0..profile.endpoints.len())
-            .filter(|&i| eligible(i) && states[i].serves())
-            .collect();
-        let mut failed_open = false;
-        if cands.is_empty() {
-            cands = (0..profile.endpoints.len())
-                .filter(|&i| eligible(i) && states[i] == MonitorState::Degraded)
-                .collect();
-            failed_open = !cands.is_empty();
-        }
+        let (mut cands, failed_open) = self.candidates(profile, family, &states);
         sel.failed_open |= failed_open;
+        if failed_open {
+            // Serving endpoints the probes call down: resolvers should re-ask soon, to follow
+            // the first one that comes back.
+            sel.ttl = sel.ttl.min(crate::health::state::SHORT_TTL);
+        }
         // Recovery ramp: a just-recovered endpoint takes back a growing share of client
         // networks (decided by hash, so each network moves once) instead of all at once.
         let ramped: Small<usize> = cands
@@ -563,7 +581,15 @@ impl RoutingTable {
                     })
                     .collect(),
                 failed_open,
-                decision: decision(),
+                decision: if failed_open {
+                    format!(
+                        "fail-open (every endpoint able to answer is Degraded: serving them \
+                         anyway, short TTL): {}",
+                        decision()
+                    )
+                } else {
+                    decision()
+                },
             });
         }
 

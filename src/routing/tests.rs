@@ -238,7 +238,13 @@ fn check(t: &RoutingTable, rows: &[Row]) {
         assert_eq!(texts(&sel), row.records, "{what}: records");
         assert_eq!(sel.scope, row.scope, "{what}: scope");
         assert_eq!(sel.failed_open, row.failed_open, "{what}: failed_open");
-        assert_eq!(sel.ttl, t.profiles[p].ttl, "{what}: ttl");
+        // Fail-open answers carry the short TTL.
+        let ttl = if row.failed_open {
+            t.profiles[p].ttl.min(crate::health::state::SHORT_TTL)
+        } else {
+            t.profiles[p].ttl
+        };
+        assert_eq!(sel.ttl, ttl, "{what}: ttl");
 
         let mut x = Explain::default();
         let with = t.select(p, row.family, &row.client, &h, Some(&mut x));
@@ -1971,11 +1977,17 @@ fn explain_records_every_level_without_changing_the_decision() {
     assert!(x.levels[0].failed_open && x.levels[1].failed_open);
     assert_eq!(x.levels[0].endpoints[0].state, MonitorState::Degraded);
     assert_eq!(x.levels[0].endpoints[0].detail, "priority 1");
+    // The decision says it failed open.
+    let fo =
+        "fail-open (every endpoint able to answer is Degraded: serving them anyway, short TTL)";
     assert_eq!(
         x.levels[0].decision,
-        "europe: lowest priority 1 among served"
+        format!("{fo}: europe: lowest priority 1 among served")
     );
-    assert_eq!(x.levels[1].decision, "w: lowest priority 1 among served");
+    assert_eq!(
+        x.levels[1].decision,
+        format!("{fo}: w: lowest priority 1 among served")
+    );
 
     // Method-specific details and decisions.
     let t = table(SUBNET);
