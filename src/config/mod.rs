@@ -112,13 +112,20 @@ impl Default for RawAdmin {
     }
 }
 
-/// `[geoip]`: MaxMind-format databases.
+/// `[geoip]`: MaxMind-format databases. A field left out takes the bundled sample database
+/// (what the README documents as the default); `""` routes without one on purpose.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct RawGeoip {
     city: Option<PathBuf>,
     asn: Option<PathBuf>,
 }
+
+/// The default City and ASN databases (the bundled samples), relative to the config's directory.
+const DEFAULT_GEOIP: [(&str, &str); 2] = [
+    ("geoip.city", "geo/sample-city.mmdb"),
+    ("geoip.asn", "geo/sample-asn.mmdb"),
+];
 
 /// `[routing]`: the latency model and where this server is.
 #[derive(Debug, Deserialize)]
@@ -332,6 +339,9 @@ pub struct Config {
     pub query_log_sample: f64,
     /// Every file this configuration was built from (watched for changes).
     pub files: Vec<PathBuf>,
+    /// Things that load but are probably not what the operator meant (a default GeoIP
+    /// database that is not there): `check` prints them, `serve` logs them at warn level.
+    pub warnings: Vec<String>,
     /// Response rate limiting (`responses_per_second` 0 = off).
     pub rrl: RrlConfig,
 }
@@ -356,9 +366,12 @@ impl Config {
 
     /// Parses and validates configuration text. `file` is only used in messages.
     pub fn parse(file: &Path, text: &str, base: &Path) -> Result<Self, ConfigErrors> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
-        let mut errors = Vec::new();
+        // Every problem of the file, not only the first serde meets (then the checks below on
+        // what could be read), reported in line order.
+        let (raw, mut errors) = crate::base::diag::from_toml_all::<RawConfig>(file, text);
+        let Some(raw) = raw else {
+            return Err(ConfigErrors(errors));
+        };
         let at = |key: &str| find_key_line(text, key);
         let s = raw.server;
         if s.udp.is_empty() && s.tcp.is_empty() {
@@ -578,8 +591,38 @@ impl Config {
             ));
         }
         if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
+            return Err(ConfigErrors(errors).in_file_order());
         }
+        // GeoIP: a setting left out takes the bundled sample (the documented default) if it is
+        // there; if not, say so rather than silently routing without GeoIP. `""` = none, quietly.
+        let mut warnings = Vec::new();
+        let mut geoip = [raw.geoip.city, raw.geoip.asn].map(|setting| match setting {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(base.join(p)),
+            None => Some(PathBuf::new()),
+        });
+        for (slot, (field, default)) in geoip.iter_mut().zip(DEFAULT_GEOIP) {
+            if slot.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                let path = base.join(default);
+                if path.is_file() {
+                    *slot = Some(path);
+                } else {
+                    warnings.push(format!(
+                        "{}: {field}: not set, and the default {} is not there: routing without \
+                         {}; set {field} to a database, or to \"\" to do without one",
+                        file.display(),
+                        path.display(),
+                        if field == "geoip.city" {
+                            "client locations (GeoIP)"
+                        } else {
+                            "ASNs"
+                        }
+                    ));
+                    *slot = None;
+                }
+            }
+        }
+        let [geoip_city, geoip_asn] = geoip;
         let workers = if s.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -608,8 +651,8 @@ impl Config {
             zones_dir: base.join(raw.zones.directory),
             log_level: raw.log.level,
             log_format: raw.log.format,
-            geoip_city: raw.geoip.city.map(|p| base.join(p)),
-            geoip_asn: raw.geoip.asn.map(|p| base.join(p)),
+            geoip_city,
+            geoip_asn,
             base_ms: raw.routing.base_ms,
             ms_per_km: raw.routing.ms_per_km,
             server_region: raw.routing.server_region,
@@ -635,6 +678,7 @@ impl Config {
                 ipv6_prefix: raw.rrl.ipv6_prefix,
                 exempt: raw.rrl.exempt.clone(),
             },
+            warnings,
             files: if file.to_str() == Some(EMBEDDED_NAME) {
                 Vec::new()
             } else {

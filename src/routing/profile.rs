@@ -155,11 +155,19 @@ pub fn load_profiles(
     catalogue: &Catalogue,
     first_index: usize,
 ) -> Result<Vec<Profile>, ConfigErrors> {
-    let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
+    // Every serde problem of the file (not only the first), then the checks below on the rest.
+    let (raw, errors) = crate::base::diag::from_toml_all::<RawFile>(file, text);
+    let Some(raw) = raw else {
+        return Err(ConfigErrors(errors));
+    };
+    // Lines of the problems serde found: a profile with one of them was read without the bad
+    // lines, so what the checks below find in it may only be a consequence (no endpoints left
+    // after a misspelt `[[profile.endpoints]]`), and is not reported.
+    let serde_errors = errors.len();
     let mut cx = Ctx {
         file,
         text,
-        errors: Vec::new(),
+        errors,
         tls: TlsCache::default(),
     };
     // Names first, so nested references resolve regardless of order.
@@ -723,8 +731,28 @@ pub fn load_profiles(
         };
         cx.err(span, "profile", field, message);
     }
+    if serde_errors > 0 {
+        let entry = |line: usize| {
+            text.lines()
+                .take(line)
+                .enumerate()
+                .filter(|(_, l)| l.trim() == "[[profile]]")
+                .map(|(i, _)| i + 1)
+                .last()
+        };
+        let damaged: Vec<Option<usize>> = cx.errors[..serde_errors]
+            .iter()
+            .map(|e| entry(e.line))
+            .collect();
+        let mut n = 0;
+        cx.errors.retain(|e| {
+            n += 1;
+            n <= serde_errors || !damaged.contains(&entry(e.line))
+        });
+    }
     if !cx.errors.is_empty() {
-        return Err(ConfigErrors(cx.errors));
+        // A profile-level setting (its monitor) is checked once per endpoint: report it once.
+        return Err(ConfigErrors(cx.errors).in_file_order());
     }
     Ok(profiles)
 }
