@@ -121,6 +121,31 @@ impl Catalogue {
         self.regions.get(name)
     }
 
+    /// For a name that is not in the catalogue, the names it most likely meant: the same region
+    /// under its provider (`eastus` → `azure:eastus`), else names differing in case or
+    /// punctuation (`Azure:East-US`). Sorted; empty when nothing is close.
+    pub fn suggest(&self, name: &str) -> Vec<&str> {
+        let fold = |s: &str| -> String {
+            s.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == ':')
+                .flat_map(|c| c.to_lowercase())
+                .collect()
+        };
+        let want = fold(name);
+        let bare = want.rsplit(':').next().unwrap_or(&want).to_string();
+        let mut found: Vec<&str> = self
+            .regions
+            .keys()
+            .map(String::as_str)
+            .filter(|k| {
+                let f = fold(k);
+                f == want || f.rsplit(':').next() == Some(bare.as_str())
+            })
+            .collect();
+        found.sort_unstable();
+        found
+    }
+
     /// Number of regions.
     pub fn len(&self) -> usize {
         self.regions.len()

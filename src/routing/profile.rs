@@ -193,6 +193,28 @@ pub fn load_profiles(
         let field = |f: &str| format!("profile[{pname}].{f}");
         let owner = match Name::from_ascii(&p.name).and_then(|n| n.append_domain(&zone.origin)) {
             Ok(n) if !p.name.is_empty() && p.name != "@" && !p.name.ends_with('.') => n,
+            // The apex carries SOA and NS, so it cannot be steered; the pattern that does what
+            // the operator wants is a child zone with a CNAME to its steered name.
+            _ if p.name == "@"
+                || p.name
+                    .trim_end_matches('.')
+                    .eq_ignore_ascii_case(zone.origin.to_ascii().trim_end_matches('.')) =>
+            {
+                let apex = zone.origin.to_ascii();
+                cx.err(
+                    &span,
+                    "name",
+                    field("name"),
+                    format!(
+                        "{:?} is the zone apex {apex}, which holds SOA and NS and cannot be \
+                         steered; serve a child zone (e.g. geo.{apex}) with a profile in it and \
+                         point the name at it with a CNAME in the parent (mqtt.{apex} CNAME \
+                         mqtt.geo.{apex}), as deploy/README.md describes",
+                        p.name
+                    ),
+                );
+                continue;
+            }
             _ => {
                 cx.err(
                     &span,
@@ -402,7 +424,13 @@ pub fn load_profiles(
                 (Some(r), None, None) => match catalogue.get(r) {
                     Some(reg) => (Some(r.clone()), Some(reg.point())),
                     None => {
-                        cx.err(&es, "region", ef("region"), format!("unknown region {r:?} (see geo/regions.toml; names are provider:region)"));
+                        let close = catalogue.suggest(r);
+                        let hint = if close.is_empty() {
+                            String::new()
+                        } else {
+                            format!("did you mean {}? ", close.join(" or "))
+                        };
+                        cx.err(&es, "region", ef("region"), format!("unknown region {r:?} ({hint}see geo/regions.toml; names are provider:region)"));
                         (None, None)
                     }
                 },
