@@ -339,6 +339,9 @@ pub struct Config {
     pub query_log_sample: f64,
     /// Every file this configuration was built from (watched for changes).
     pub files: Vec<PathBuf>,
+    /// The per-run admin token's file, when `admin_token` is one (see `ops::runtoken`): kept
+    /// across reloads of a configuration that still sets no token of its own.
+    pub run_token_file: Option<PathBuf>,
     /// Things that load but are probably not what the operator meant (a default GeoIP
     /// database that is not there): `check` prints them, `serve` logs them at warn level.
     pub warnings: Vec<String>,
@@ -353,6 +356,39 @@ impl Config {
     /// default they resolve against the current directory (the repository root for
     /// `cargo run`).
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigErrors> {
+        let mut config = Self::load_file(path)?;
+        config.override_ports()?;
+        Ok(config)
+    }
+
+    /// `GEOSTEER_DNS_PORT` / `GEOSTEER_ADMIN_PORT`: replace the port of every `[server]` UDP
+    /// and TCP address / of `[admin] listen`, for running the embedded default (5353, 8053)
+    /// beside another instance or in tests. The CLI reads the same variables, so `geosteer force`
+    /// finds the API a `serve` with the same environment listens on.
+    fn override_ports(&mut self) -> Result<(), ConfigErrors> {
+        for var in ["GEOSTEER_DNS_PORT", "GEOSTEER_ADMIN_PORT"] {
+            let Some(v) = std::env::var_os(var) else {
+                continue;
+            };
+            let port: u16 = v.to_str().and_then(|v| v.parse().ok()).ok_or_else(|| {
+                ConfigError::new(
+                    &self.source,
+                    0,
+                    var,
+                    format!("{v:?} is not a port number (0-65535)"),
+                )
+            })?;
+            if var == "GEOSTEER_DNS_PORT" {
+                self.udp.iter_mut().for_each(|a| a.set_port(port));
+                self.tcp.iter_mut().for_each(|a| a.set_port(port));
+            } else if let Some(a) = &mut self.admin_listen {
+                a.set_port(port);
+            }
+        }
+        Ok(())
+    }
+
+    fn load_file(path: Option<&Path>) -> Result<Self, ConfigErrors> {
         match path {
             Some(p) => {
                 let text = file::read_regular_text(p, file::MAX_CONFIG_BYTES)
@@ -679,6 +715,7 @@ impl Config {
                 exempt: raw.rrl.exempt.clone(),
             },
             warnings,
+            run_token_file: None,
             files: if file.to_str() == Some(EMBEDDED_NAME) {
                 Vec::new()
             } else {

@@ -254,6 +254,12 @@ impl Control {
                 }
                 self.state.store(Arc::new(state));
                 self.prober.reconfigure(&self.state.load().routing).await;
+                // A per-run token stays valid while the file still configures none.
+                let mut config = config;
+                if config.admin_token.is_none() && old.run_token_file.is_some() {
+                    config.admin_token.clone_from(&old.admin_token);
+                    config.run_token_file.clone_from(&old.run_token_file);
+                }
                 self.config.store(Arc::new(config));
                 self.metrics.reloads.inc();
                 status.generation += 1;
