@@ -103,6 +103,8 @@ pub async fn run(
         mut persisted,
     } = loaded;
     let Inputs { clock, mut reloads } = inputs;
+    let mut config = config;
+    let run_token = per_run_token(&mut config, bound.admin.as_ref()).await;
     for z in state.zones.iter() {
         info!(zone = %z.origin, file = %z.file.display(), names = z.nodes.len(), "zone loaded");
     }
@@ -191,6 +193,40 @@ pub async fn run(
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!(?grace, "connections still open after the grace period");
     }
+    if let Some(p) = run_token {
+        let _ = tokio::fs::remove_file(&p).await;
+    }
     info!("stopped");
     Ok(())
+}
+
+/// A loopback admin API without a configured token gets a token for this run, written (mode
+/// 0600) where the local CLI looks for it (`ops::runtoken`), so `geosteer force|drill|reload`
+/// work against the embedded default while state-changing calls stay authenticated. Returns the
+/// file to remove at shutdown.
+async fn per_run_token(
+    config: &mut Config,
+    admin: Option<&std::net::TcpListener>,
+) -> Option<std::path::PathBuf> {
+    let addr = admin?.local_addr().ok()?;
+    if config.admin_token.is_some() || !addr.ip().is_loopback() {
+        return None;
+    }
+    let state_file = config.state_file.clone();
+    let made =
+        tokio::task::spawn_blocking(move || crate::ops::runtoken::create(addr.port(), &state_file))
+            .await;
+    match made {
+        Ok(Ok((token, path))) => {
+            info!(file = %path.display(), "admin token for this run written (mode 0600); the local geosteer CLI reads it");
+            config.admin_token = Some(token);
+            config.run_token_file = Some(path.clone());
+            Some(path)
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot write a per-run admin token; state-changing API calls are refused");
+            None
+        }
+        Err(_) => None,
+    }
 }

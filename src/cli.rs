@@ -45,9 +45,22 @@ impl ApiTarget {
             ));
         }
         let token = token.map(|(_, t)| t);
+        // Without a token anywhere, the per-run token of a local server with none configured
+        // (`ops::runtoken`), found from the same configuration (state file) and port.
+        let run_token = |cfg: &Config, port: Option<u16>| {
+            port.and_then(|p| crate::ops::runtoken::read(p, &cfg.state_file))
+        };
         if let Some(base) = api {
             // The token may still come from the configuration.
-            let token = token.or_else(|| Config::load(config).ok().and_then(|c| c.admin_token));
+            let port = base
+                .trim_end_matches('/')
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok());
+            let token = token.or_else(|| {
+                let cfg = Config::load(config).ok()?;
+                cfg.admin_token.clone().or_else(|| run_token(&cfg, port))
+            });
             return Ok(Self {
                 base: base.trim_end_matches('/').to_string(),
                 token,
@@ -57,9 +70,12 @@ impl ApiTarget {
         let addr: SocketAddr = cfg
             .admin_listen
             .ok_or("the admin API is disabled in the configuration ([admin] listen = \"\")")?;
+        let token = token
+            .or_else(|| cfg.admin_token.clone())
+            .or_else(|| run_token(&cfg, Some(addr.port())));
         Ok(Self {
             base: format!("http://{addr}"),
-            token: token.or(cfg.admin_token),
+            token,
         })
     }
 

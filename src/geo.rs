@@ -121,24 +121,29 @@ impl Catalogue {
         self.regions.get(name)
     }
 
-    /// The catalogue name an unknown `name` most likely meant: the one region whose name
-    /// without its provider prefix is `name` (`eastus` → `azure:eastus`), else the closest
-    /// name within two edits (`azure:eastu` → `azure:eastus`).
-    pub fn suggest(&self, name: &str) -> Option<&str> {
-        let lower = name.to_ascii_lowercase();
-        let mut by_suffix = self
+    /// For a name that is not in the catalogue, the names it most likely meant: the same region
+    /// under its provider (`eastus` → `azure:eastus`), else names differing in case or
+    /// punctuation (`Azure:East-US`). Sorted; empty when nothing is close.
+    pub fn suggest(&self, name: &str) -> Vec<&str> {
+        let fold = |s: &str| -> String {
+            s.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == ':')
+                .flat_map(|c| c.to_lowercase())
+                .collect()
+        };
+        let want = fold(name);
+        let bare = want.rsplit(':').next().unwrap_or(&want).to_string();
+        let mut found: Vec<&str> = self
             .regions
             .keys()
-            .filter(|k| k.split_once(':').is_some_and(|(_, r)| r == lower));
-        if let (Some(one), None) = (by_suffix.next(), by_suffix.next()) {
-            return Some(one);
-        }
-        self.regions
-            .keys()
-            .map(|k| (edits(k, &lower), k))
-            .filter(|(d, _)| *d <= 2)
-            .min()
-            .map(|(_, k)| k.as_str())
+            .map(String::as_str)
+            .filter(|k| {
+                let f = fold(k);
+                f == want || f.rsplit(':').next() == Some(bare.as_str())
+            })
+            .collect();
+        found.sort_unstable();
+        found
     }
 
     /// Number of regions.
@@ -150,22 +155,6 @@ impl Catalogue {
     pub fn is_empty(&self) -> bool {
         self.regions.is_empty()
     }
-}
-
-/// Levenshtein distance (region names are short).
-fn edits(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]

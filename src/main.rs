@@ -199,6 +199,9 @@ fn main() -> ExitCode {
                     if z == 1 { "" } else { "s" },
                     if p == 1 { "" } else { "s" }
                 );
+                for w in &loaded.config.warnings {
+                    eprintln!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -302,6 +305,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&loaded.config.log_level, loaded.config.log_format);
+            for w in &loaded.config.warnings {
+                tracing::warn!("{w}");
+            }
             match serve(loaded) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -107,6 +107,41 @@ impl State {
     }
 }
 
+/// A `*.toml` in the zones directory is the profile file of the zone file with the same stem
+/// (`x.toml` beside `x.zone`). One without its zone file would never be read, and the names it
+/// steers would answer NXDOMAIN with no word why: an error naming the file (and the zone files
+/// there are, since the usual cause is a typo or a zone file named differently).
+fn unpaired_profile_files(config: &Config, zones: &[zone::Zone], errors: &mut Vec<ConfigError>) {
+    let Ok(entries) = std::fs::read_dir(&config.zones_dir) else {
+        return;
+    };
+    let mut stray: Vec<std::path::PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .filter(|p| !zones.iter().any(|z| z.file.with_extension("toml") == *p))
+        .collect();
+    stray.sort();
+    for path in stray {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let present: Vec<String> = zones
+            .iter()
+            .filter_map(|z| z.file.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        errors.push(ConfigError::file(
+            &path,
+            format!(
+                "no zone file {stem}.zone for profile file {stem}.toml (profiles of zone Z go in \
+                 Z.toml beside Z.zone; zone files here: {})",
+                present.join(", ")
+            ),
+        ));
+    }
+}
+
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// A number unique to one serving state (taken when the state is built), so entries of an
@@ -135,7 +170,7 @@ pub fn build(config: &Config) -> Result<State, ConfigErrors> {
             Locator::default()
         }
     };
-    let mut zones = zone::load_dir(&config.zones_dir).map_err(|e| {
+    let zones = zone::load_dir(&config.zones_dir).map_err(|e| {
         // Only the directory-level errors (missing, empty) are about the setting; errors
         // inside a zone file keep their own file and line.
         ConfigErrors(
@@ -149,7 +184,16 @@ pub fn build(config: &Config) -> Result<State, ConfigErrors> {
                 })
                 .collect(),
         )
-    })?;
+    });
+    // Zone errors are reported with the GeoIP ones; profiles need their zones, so stop there.
+    let mut zones = match zones {
+        Ok(z) => z,
+        Err(e) => {
+            errors.extend(e.0);
+            return Err(ConfigErrors(errors).in_file_order());
+        }
+    };
+    unpaired_profile_files(config, &zones, &mut errors);
     let mut profiles = Vec::new();
     for z in &zones {
         let path = z.file.with_extension("toml");
@@ -201,7 +245,7 @@ pub fn build(config: &Config) -> Result<State, ConfigErrors> {
         }
     };
     let Some(resolved) = resolved.filter(|_| errors.is_empty()) else {
-        return Err(ConfigErrors(errors));
+        return Err(ConfigErrors(errors).in_file_order());
     };
     Ok(State {
         generation: next_generation(),

@@ -65,6 +65,14 @@ struct Running {
 }
 
 async fn start(cfg: &Path, clock: Clock) -> Running {
+    // While the server starts, keep the runtime busy so paused time cannot auto-advance: start-up
+    // writes the state file on the blocking pool, and an idle runtime would meanwhile jump to
+    // the next timer — a resumed drill's expiry — and end that drill early.
+    let keeper = tokio::spawn(async {
+        loop {
+            tokio::task::yield_now().await;
+        }
+    });
     let loaded = app::load(Some(cfg)).expect("config loads");
     let bound = app::bind(&loaded.config).expect("binds port 0");
     let (reload, reloads) = mpsc::channel(1);
@@ -80,6 +88,8 @@ async fn start(cfg: &Path, clock: Clock) -> Running {
         },
     ));
     let control = ready.await.expect("server ready");
+    settle().await;
+    keeper.abort();
     Running {
         control,
         stop,

@@ -92,6 +92,123 @@ impl ConfigError {
     }
 }
 
+/// Most problems one file reports (a file of nothing but typos still ends in reasonable time:
+/// each round is one parse of the file).
+const MAX_ERRORS_PER_FILE: usize = 100;
+
+/// Deserialises a TOML file reporting *every* problem serde finds, not only the first.
+///
+/// serde stops at the first unknown field or bad value. To find the next one, the offending
+/// lines are blanked out (replaced by spaces, so every byte offset and line number stays where it
+/// was) and the file is parsed again: a `key = value` line (extended over the following lines
+/// until the file is valid TOML again, for values spanning lines), or a whole table (header and
+/// body) when the problem is the table itself (an unknown `[table]`, a missing required field).
+/// A "missing field" error in a table where a line was already blanked is a consequence of that,
+/// not a problem of its own, and is not reported. A syntax error stops the search: where the file
+/// is not TOML, what follows cannot be read reliably.
+///
+/// Returns the value parsed from the file with the bad lines blanked (`None` when no such parse
+/// succeeded), so later checks can still report their problems, and the errors in file order.
+pub fn from_toml_all<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    text: &str,
+) -> (Option<T>, Vec<ConfigError>) {
+    let mut masked = text.to_string();
+    let mut blanked: Vec<usize> = Vec::new();
+    let mut errors = Vec::new();
+    for _ in 0..MAX_ERRORS_PER_FILE {
+        let err = match toml::from_str::<T>(&masked) {
+            Ok(v) => {
+                errors.sort_by_key(|e: &ConfigError| e.line);
+                return (Some(v), errors);
+            }
+            Err(e) => e,
+        };
+        let reported = ConfigError::from_toml(file, &masked, &err);
+        let syntax = toml::from_str::<toml::Table>(&masked).is_err();
+        let Some(span) = err.span().filter(|_| !syntax) else {
+            errors.push(reported);
+            break;
+        };
+        let line = line_of_offset(&masked, span.start);
+        let lines: Vec<&str> = masked.lines().collect();
+        let is_header = |l: &str| l.trim_start().starts_with('[');
+        // The table the error is in: its header line (1-based; 0 = the root) and its last line.
+        let header = (1..=line)
+            .rev()
+            .find(|&n| lines.get(n - 1).is_some_and(|l| is_header(l)))
+            .unwrap_or(0);
+        let table_end = (line + 1..=lines.len())
+            .find(|&n| is_header(lines[n - 1]))
+            .map_or(lines.len(), |n| n - 1);
+        let consequence = err.message().starts_with("missing field")
+            && blanked
+                .iter()
+                .any(|&b| b >= header.max(1) && b <= table_end);
+        if !consequence && !errors.contains(&reported) {
+            errors.push(reported);
+        }
+        let on_header = lines.get(line - 1).is_some_and(|l| is_header(l));
+        let range = if on_header || err.message().starts_with("missing field") {
+            // The table with its sub-tables (`[[profile]]` with its `[profile.monitor]` and
+            // `[[profile.endpoint]]`s), which would otherwise be left without their parent.
+            let path = |l: &str| {
+                l.trim()
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .trim()
+                    .to_string()
+            };
+            let own = lines
+                .get(header.max(1) - 1)
+                .map(|l| path(l))
+                .unwrap_or_default();
+            let end = if header == 0 || own.is_empty() {
+                table_end
+            } else {
+                let prefix = format!("{own}.");
+                (table_end + 1..=lines.len())
+                    .find(|&n| is_header(lines[n - 1]) && !path(lines[n - 1]).starts_with(&prefix))
+                    .map_or(lines.len(), |n| n - 1)
+            };
+            header.max(1)..=end
+        } else {
+            // The value may span lines: blank until the rest is valid TOML again.
+            let mut end = line;
+            while end < table_end && {
+                let trial = blank_lines(&masked, line..=end);
+                toml::from_str::<toml::Table>(&trial).is_err()
+            } {
+                end += 1;
+            }
+            line..=end
+        };
+        let before = masked.clone();
+        masked = blank_lines(&masked, range.clone());
+        blanked.extend(range);
+        if masked == before || toml::from_str::<toml::Table>(&masked).is_err() {
+            break;
+        }
+    }
+    errors.sort_by_key(|e| e.line);
+    (None, errors)
+}
+
+/// `text` with the given 1-based lines replaced by spaces (newlines and lengths kept).
+fn blank_lines(text: &str, lines: std::ops::RangeInclusive<usize>) -> String {
+    text.split_inclusive('\n')
+        .enumerate()
+        .map(|(i, l)| {
+            if lines.contains(&(i + 1)) {
+                l.chars()
+                    .map(|c| if c == '\n' || c == '\r' { c } else { ' ' })
+                    .collect()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Byte offset where 1-based `line` starts.
 fn line_start_of(text: &str, line: usize) -> usize {
     if line <= 1 {
@@ -182,6 +299,29 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl ConfigErrors {
+    /// The errors as an operator reads them: each once, each file's in line order (problems of
+    /// the file as a whole last), the files
+    /// in the order they were first reported (configuration, then zones, then profiles). Loaders
+    /// find problems in whatever order their checks run (and a setting shared by several
+    /// endpoints, like a profile's monitor, is checked once per endpoint).
+    pub fn in_file_order(self) -> Self {
+        let mut files: Vec<PathBuf> = Vec::new();
+        let mut unique: Vec<ConfigError> = Vec::with_capacity(self.0.len());
+        for e in self.0 {
+            if !files.contains(&e.file) {
+                files.push(e.file.clone());
+            }
+            if !unique.contains(&e) {
+                unique.push(e);
+            }
+        }
+        // Problems of a file as a whole (line 0: no SOA, …) after those at a line.
+        unique.sort_by_key(|e| (files.iter().position(|f| *f == e.file), e.line == 0, e.line));
+        Self(unique)
+    }
+}
+
 impl From<ConfigError> for ConfigErrors {
     fn from(e: ConfigError) -> Self {
         Self(vec![e])
@@ -251,12 +391,25 @@ fn field_at(text: &str, span: &Range<usize>) -> Option<String> {
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
     let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
     let line = &text[line_start..line_end];
+    let trimmed = line.trim();
+    if trimmed.starts_with('[') {
+        // The error is about this table itself (an unknown `[bogus]`, `[[profile.endpoints]]`):
+        // name it by its own header, not by the table above it. Its last component is what is
+        // wrong, so it carries no entry name.
+        let mut lines: Vec<&str> = text[..line_start].lines().collect();
+        let at = lines.len();
+        lines.push(line);
+        let path = table_path(&lines, at);
+        return Some(match path.rsplit_once('.') {
+            Some((parent, _)) => format!("{parent}.{}", header_last(trimmed)),
+            None => header_last(trimmed).to_string(),
+        });
+    }
     let above: Vec<&str> = text[..line_start].lines().collect();
     let table = above
         .iter()
         .rposition(|l| l.trim().starts_with('['))
         .map(|i| table_path(&above, i));
-    let trimmed = line.trim();
     let key = if trimmed.starts_with('[') {
         None
     } else {
@@ -270,6 +423,16 @@ fn field_at(text: &str, span: &Range<usize>) -> Option<String> {
         (Some(t), None) => Some(t),
         (None, None) => None,
     }
+}
+
+/// The last component of a `[a.b]` / `[[a.b]]` header: `b`.
+fn header_last(header: &str) -> &str {
+    let path = header.trim_matches(|c| c == '[' || c == ']').trim();
+    path.rsplit('.')
+        .next()
+        .unwrap_or(path)
+        .trim()
+        .trim_matches('"')
 }
 
 /// The path of the table whose header is `lines[at]`, each array-of-tables component named by

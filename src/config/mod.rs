@@ -134,13 +134,20 @@ impl Default for RawAdmin {
     }
 }
 
-/// `[geoip]`: MaxMind-format databases.
+/// `[geoip]`: MaxMind-format databases. A field left out takes the bundled sample database
+/// (what the README documents as the default); `""` routes without one on purpose.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct RawGeoip {
     city: Option<PathBuf>,
     asn: Option<PathBuf>,
 }
+
+/// The default City and ASN databases (the bundled samples), relative to the config's directory.
+const DEFAULT_GEOIP: [(&str, &str); 2] = [
+    ("geoip.city", "geo/sample-city.mmdb"),
+    ("geoip.asn", "geo/sample-asn.mmdb"),
+];
 
 /// `[routing]`: the latency model and where this server is.
 #[derive(Debug, Deserialize)]
@@ -356,6 +363,12 @@ pub struct Config {
     pub query_log_sample: f64,
     /// Every file this configuration was built from (watched for changes).
     pub files: Vec<PathBuf>,
+    /// The per-run admin token's file, when `admin_token` is one (see `ops::runtoken`): kept
+    /// across reloads of a configuration that still sets no token of its own.
+    pub run_token_file: Option<PathBuf>,
+    /// Things that load but are probably not what the operator meant (a default GeoIP
+    /// database that is not there): `check` prints them, `serve` logs them at warn level.
+    pub warnings: Vec<String>,
     /// Response rate limiting (`responses_per_second` 0 = off).
     pub rrl: RrlConfig,
 }
@@ -367,6 +380,39 @@ impl Config {
     /// default they resolve against the current directory (the repository root for
     /// `cargo run`).
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigErrors> {
+        let mut config = Self::load_file(path)?;
+        config.override_ports()?;
+        Ok(config)
+    }
+
+    /// `GEOSTEER_DNS_PORT` / `GEOSTEER_ADMIN_PORT`: replace the port of every `[server]` UDP
+    /// and TCP address / of `[admin] listen`, for running the embedded default (5353, 8053)
+    /// beside another instance or in tests. The CLI reads the same variables, so `geosteer force`
+    /// finds the API a `serve` with the same environment listens on.
+    fn override_ports(&mut self) -> Result<(), ConfigErrors> {
+        for var in ["GEOSTEER_DNS_PORT", "GEOSTEER_ADMIN_PORT"] {
+            let Some(v) = std::env::var_os(var) else {
+                continue;
+            };
+            let port: u16 = v.to_str().and_then(|v| v.parse().ok()).ok_or_else(|| {
+                ConfigError::new(
+                    &self.source,
+                    0,
+                    var,
+                    format!("{v:?} is not a port number (0-65535)"),
+                )
+            })?;
+            if var == "GEOSTEER_DNS_PORT" {
+                self.udp.iter_mut().for_each(|a| a.set_port(port));
+                self.tcp.iter_mut().for_each(|a| a.set_port(port));
+            } else if let Some(a) = &mut self.admin_listen {
+                a.set_port(port);
+            }
+        }
+        Ok(())
+    }
+
+    fn load_file(path: Option<&Path>) -> Result<Self, ConfigErrors> {
         match path {
             Some(p) => {
                 let text = file::read_regular_text(p, file::MAX_CONFIG_BYTES)
@@ -380,9 +426,12 @@ impl Config {
 
     /// Parses and validates configuration text. `file` is only used in messages.
     pub fn parse(file: &Path, text: &str, base: &Path) -> Result<Self, ConfigErrors> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
-        let mut errors = Vec::new();
+        // Every problem of the file, not only the first serde meets (then the checks below on
+        // what could be read), reported in line order.
+        let (raw, mut errors) = crate::base::diag::from_toml_all::<RawConfig>(file, text);
+        let Some(raw) = raw else {
+            return Err(ConfigErrors(errors));
+        };
         let at = |key: &str| find_key_line(text, key);
         let s = raw.server;
         if s.udp.is_empty() && s.tcp.is_empty() {
@@ -602,8 +651,38 @@ impl Config {
             ));
         }
         if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
+            return Err(ConfigErrors(errors).in_file_order());
         }
+        // GeoIP: a setting left out takes the bundled sample (the documented default) if it is
+        // there; if not, say so rather than silently routing without GeoIP. `""` = none, quietly.
+        let mut warnings = Vec::new();
+        let mut geoip = [raw.geoip.city, raw.geoip.asn].map(|setting| match setting {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(base.join(p)),
+            None => Some(PathBuf::new()),
+        });
+        for (slot, (field, default)) in geoip.iter_mut().zip(DEFAULT_GEOIP) {
+            if slot.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                let path = base.join(default);
+                if path.is_file() {
+                    *slot = Some(path);
+                } else {
+                    warnings.push(format!(
+                        "{}: {field}: not set, and the default {} is not there: routing without \
+                         {}; set {field} to a database, or to \"\" to do without one",
+                        file.display(),
+                        path.display(),
+                        if field == "geoip.city" {
+                            "client locations (GeoIP)"
+                        } else {
+                            "ASNs"
+                        }
+                    ));
+                    *slot = None;
+                }
+            }
+        }
+        let [geoip_city, geoip_asn] = geoip;
         let workers = if s.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -636,8 +715,8 @@ impl Config {
             zones_dir: base.join(raw.zones.directory),
             log_level: raw.log.level,
             log_format: raw.log.format,
-            geoip_city: raw.geoip.city.map(|p| base.join(p)),
-            geoip_asn: raw.geoip.asn.map(|p| base.join(p)),
+            geoip_city,
+            geoip_asn,
             base_ms: raw.routing.base_ms,
             ms_per_km: raw.routing.ms_per_km,
             server_region: raw.routing.server_region,
@@ -663,6 +742,8 @@ impl Config {
                 ipv6_prefix: raw.rrl.ipv6_prefix,
                 exempt: raw.rrl.exempt.clone(),
             },
+            warnings,
+            run_token_file: None,
             files: if file.to_str() == Some(EMBEDDED_NAME) {
                 Vec::new()
             } else {
@@ -678,9 +759,16 @@ impl Config {
     pub fn resolve(&self, catalogue: &Catalogue) -> Result<Resolved, ConfigErrors> {
         let mut errors = Vec::new();
         let unknown = |name: &str| {
-            let hint = catalogue
+            let close: Vec<String> = catalogue
                 .suggest(name)
-                .map_or(String::new(), |s| format!(" (did you mean {s:?}?)"));
+                .iter()
+                .map(|s| format!("{s:?}"))
+                .collect();
+            let hint = if close.is_empty() {
+                String::new()
+            } else {
+                format!(" (did you mean {}?)", close.join(" or "))
+            };
             format!("unknown region {name:?}{hint}")
         };
         let server = match (&self.server_region, self.server_point) {

@@ -402,29 +402,15 @@ async fn force(
         Err(resp) => return *resp,
     };
     let target = match (&r.endpoint, &r.profile, &r.endpoint_name, &r.region) {
-        (Some(k), None, None, None) => ForceTarget::Endpoint(k.clone()),
-        (None, Some(p), Some(e), None) => {
-            let state = c.state.load();
-            let key = state
-                .routing
-                .find_profile(p)
-                .and_then(|i| {
-                    state.routing.profiles[i]
-                        .endpoints
-                        .iter()
-                        .find(|x| &x.name == e)
-                })
-                .map(|x| x.key.to_string());
-            match key {
-                Some(k) => ForceTarget::Endpoint(k),
-                None => {
-                    return error(
-                        StatusCode::NOT_FOUND,
-                        format!("no endpoint {e:?} in profile {p:?}"),
-                    );
-                }
-            }
-        }
+        // Any form the CLI accepts: owner with or without its dot, or first label; in words.
+        (Some(k), None, None, None) => match c.endpoint_ref(k) {
+            Ok(key) => ForceTarget::Endpoint(key),
+            Err(e) => return control_error(&e),
+        },
+        (None, Some(p), Some(e), None) => match c.endpoint_key(p, e) {
+            Ok((_, key)) => ForceTarget::Endpoint(key),
+            Err(e) => return control_error(&e),
+        },
         (None, None, None, Some(reg)) => ForceTarget::Region(reg.clone()),
         _ => {
             return error(

@@ -273,6 +273,12 @@ impl Control {
                 }
                 self.state.store(Arc::new(state));
                 self.prober.reconfigure(&self.state.load().routing).await;
+                // A per-run token stays valid while the file still configures none.
+                let mut config = config;
+                if config.admin_token.is_none() && old.run_token_file.is_some() {
+                    config.admin_token.clone_from(&old.admin_token);
+                    config.run_token_file.clone_from(&old.run_token_file);
+                }
                 self.config.store(Arc::new(config));
                 self.metrics.reloads.inc();
                 status.generation += 1;
@@ -348,8 +354,9 @@ impl Control {
         }
     }
 
-    /// Resolves a profile reference (owner name or label) and endpoint name to the key.
-    fn endpoint_key(
+    /// Resolves a profile reference (owner name with or without its trailing dot, or its first
+    /// label) and endpoint name to the key. Not found: the message lists what there is.
+    pub fn endpoint_key(
         &self,
         profile: &str,
         endpoint: &str,
@@ -359,15 +366,51 @@ impl Control {
             .routing
             .find_profile(profile)
             .map(|i| &state.routing.profiles[i])
-            .ok_or_else(|| ControlError::NotFound(format!("no profile {profile:?}")))?;
+            .ok_or_else(|| {
+                let names: Vec<String> = state
+                    .routing
+                    .profiles
+                    .iter()
+                    .map(|p| p.owner.to_string())
+                    .collect();
+                ControlError::NotFound(format!(
+                    "no profile {profile:?} (profiles: {})",
+                    names.join(", ")
+                ))
+            })?;
         let e = p
             .endpoints
             .iter()
             .find(|e| e.name == endpoint)
+            .or_else(|| {
+                p.endpoints
+                    .iter()
+                    .find(|e| e.name.eq_ignore_ascii_case(endpoint))
+            })
             .ok_or_else(|| {
-                ControlError::NotFound(format!("profile {} has no endpoint {endpoint:?}", p.owner))
+                let names: Vec<&str> = p.endpoints.iter().map(|e| e.name.as_str()).collect();
+                ControlError::NotFound(format!(
+                    "profile {} has no endpoint {endpoint:?} (endpoints: {})",
+                    p.owner,
+                    names.join(", ")
+                ))
             })?;
         Ok((p.owner.to_string(), e.key.to_string()))
+    }
+
+    /// Resolves an endpoint reference in any form the CLI accepts — `profile/endpoint` where
+    /// the profile is its owner name with or without the trailing dot
+    /// (`mqtt.example.test./westeurope`, `mqtt.example.test/westeurope`) or its first label
+    /// (`mqtt/westeurope`) — to the endpoint key.
+    pub fn endpoint_ref(&self, reference: &str) -> Result<String, ControlError> {
+        match reference.rsplit_once('/') {
+            Some((profile, endpoint)) if !profile.is_empty() && !endpoint.is_empty() => {
+                self.endpoint_key(profile, endpoint).map(|(_, key)| key)
+            }
+            _ => Err(ControlError::BadRequest(format!(
+                "endpoint {reference:?}: give it as profile/endpoint, e.g. mqtt/westeurope"
+            ))),
+        }
     }
 
     /// Forces an endpoint or a region down/up (replacing an earlier operator force of the same
@@ -417,9 +460,35 @@ impl Control {
             (covered, regions)
         };
         if covered.is_empty() {
-            return Err(ControlError::NotFound(format!(
-                "no endpoint matches {target:?}"
-            )));
+            let state = self.state.load();
+            return Err(ControlError::NotFound(match &target {
+                ForceTarget::Endpoint(k) => format!("no endpoint {k:?}"),
+                ForceTarget::Region(r) => {
+                    let mut used: Vec<&str> = state
+                        .routing
+                        .profiles
+                        .iter()
+                        .flat_map(|p| &p.endpoints)
+                        .filter_map(|e| e.region.as_deref())
+                        .collect();
+                    used.sort_unstable();
+                    used.dedup();
+                    let close: Vec<&str> = used
+                        .iter()
+                        .copied()
+                        .filter(|u| u.rsplit(':').next() == Some(r.rsplit(':').next().unwrap_or(r)))
+                        .collect();
+                    let hint = if close.is_empty() {
+                        String::new()
+                    } else {
+                        format!("did you mean {}? ", close.join(" or "))
+                    };
+                    format!(
+                        "no endpoint is in region {r:?} ({hint}regions in use: {}; names are provider:region)",
+                        used.join(", ")
+                    )
+                }
+            }));
         }
         // What this call removes: a force/unforce replaces the operator's force of the same
         // target; a lift removes every force on the target and on the endpoints it covers.

@@ -2,11 +2,13 @@
 //!
 //! [`control::Control`] owns every change to what is served (reload, forced states, drills);
 //! [`api`] exposes it over HTTP; [`reload`] triggers reloads on SIGHUP and file changes;
-//! [`store`] keeps forced states and drills across restarts.
+//! [`store`] keeps forced states and drills across restarts; [`runtoken`] is the per-run admin
+//! token of a loopback API with none configured.
 
 pub mod api;
 pub mod control;
 pub mod drill;
 
 pub mod reload;
+pub mod runtoken;
 pub mod store;

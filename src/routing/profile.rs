@@ -155,11 +155,19 @@ pub fn load_profiles(
     catalogue: &Catalogue,
     first_index: usize,
 ) -> Result<Vec<Profile>, ConfigErrors> {
-    let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
+    // Every serde problem of the file (not only the first), then the checks below on the rest.
+    let (raw, errors) = crate::base::diag::from_toml_all::<RawFile>(file, text);
+    let Some(raw) = raw else {
+        return Err(ConfigErrors(errors));
+    };
+    // Lines of the problems serde found: a profile with one of them was read without the bad
+    // lines, so what the checks below find in it may only be a consequence (no endpoints left
+    // after a misspelt `[[profile.endpoints]]`), and is not reported.
+    let serde_errors = errors.len();
     let mut cx = Ctx {
         file,
         text,
-        errors: Vec::new(),
+        errors,
         tls: TlsCache::default(),
     };
     // Names first, so nested references resolve regardless of order.
@@ -195,8 +203,28 @@ pub fn load_profiles(
     }
     // Stage 3: the nesting as a whole.
     check_nesting(&mut cx, &raw, &nested_refs);
+    if serde_errors > 0 {
+        let entry = |line: usize| {
+            text.lines()
+                .take(line)
+                .enumerate()
+                .filter(|(_, l)| l.trim() == "[[profile]]")
+                .map(|(i, _)| i + 1)
+                .last()
+        };
+        let damaged: Vec<Option<usize>> = cx.errors[..serde_errors]
+            .iter()
+            .map(|e| entry(e.line))
+            .collect();
+        let mut n = 0;
+        cx.errors.retain(|e| {
+            n += 1;
+            n <= serde_errors || !damaged.contains(&entry(e.line))
+        });
+    }
     if !cx.errors.is_empty() {
-        return Err(ConfigErrors(cx.errors));
+        // A profile-level setting (its monitor) is checked once per endpoint: report it once.
+        return Err(ConfigErrors(cx.errors).in_file_order());
     }
     Ok(profiles)
 }
@@ -221,6 +249,28 @@ fn validate_profile(
     let field = |f: &str| format!("profile[{pname}].{f}");
     let owner = match Name::from_ascii(&p.name).and_then(|n| n.append_domain(&zone.origin)) {
         Ok(n) if !p.name.is_empty() && p.name != "@" && !p.name.ends_with('.') => n,
+        // The apex carries SOA and NS, so it cannot be steered; the pattern that does what
+        // the operator wants is a child zone with a CNAME to its steered name.
+        _ if p.name == "@"
+            || p.name
+                .trim_end_matches('.')
+                .eq_ignore_ascii_case(zone.origin.to_ascii().trim_end_matches('.')) =>
+        {
+            let apex = zone.origin.to_ascii();
+            cx.err(
+                &span,
+                "name",
+                field("name"),
+                format!(
+                    "{:?} is the zone apex {apex}, which holds SOA and NS and cannot be \
+                         steered; serve a child zone (e.g. geo.{apex}) with a profile in it and \
+                         point the name at it with a CNAME in the parent (mqtt.{apex} CNAME \
+                         mqtt.geo.{apex}), as deploy/README.md describes",
+                    p.name
+                ),
+            );
+            return None;
+        }
         _ => {
             cx.err(
                 &span,
@@ -427,15 +477,19 @@ fn validate_profile(
         }
         // Location.
         let (region, point) = match (&e.region, e.lat, e.lon) {
-            (Some(r), None, None) => {
-                match catalogue.get(r) {
-                    Some(reg) => (Some(r.clone()), Some(reg.point())),
-                    None => {
-                        cx.err(&es, "region", ef("region"), format!("unknown region {r:?} (see geo/regions.toml; names are provider:region)"));
-                        (None, None)
-                    }
+            (Some(r), None, None) => match catalogue.get(r) {
+                Some(reg) => (Some(r.clone()), Some(reg.point())),
+                None => {
+                    let close = catalogue.suggest(r);
+                    let hint = if close.is_empty() {
+                        String::new()
+                    } else {
+                        format!("did you mean {}? ", close.join(" or "))
+                    };
+                    cx.err(&es, "region", ef("region"), format!("unknown region {r:?} ({hint}see geo/regions.toml; names are provider:region)"));
+                    (None, None)
                 }
-            }
+            },
             (None, Some(lat), Some(lon)) => {
                 let p = GeoPoint { lat, lon };
                 if !p.is_valid() {
