@@ -104,6 +104,18 @@ impl Handler {
                 edns,
                 dnssec_ok,
             }) => {
+                if transport == Transport::Udp
+                    && let Some(rrl) = &self.rrl
+                {
+                    match rrl.check(src.ip(), super::rrl::Kind::Error) {
+                        super::rrl::Verdict::Allow => {}
+                        // Nothing to truncate: a FORMERR is as small as its query.
+                        super::rrl::Verdict::Drop | super::rrl::Verdict::Slip => {
+                            self.metrics.rrl_dropped.inc();
+                            return false;
+                        }
+                    }
+                }
                 let h = ResponseHeader {
                     rcode: rcode::FORMERR,
                     ..ResponseHeader::reply_to(id, opcode, rd, false)
@@ -115,41 +127,11 @@ impl Handler {
                 return sent;
             }
         };
-        if let (Some(rrl), Transport::Udp, Some(question)) = (&self.rrl, transport, &q.question) {
-            let ecs = q
-                .edns
-                .and_then(|e| e.ecs)
-                .map(|e| (e.addr, e.source_prefix));
-            match rrl.check(src.ip(), question.name.lower(), question.qtype, ecs) {
-                super::rrl::Verdict::Allow => {}
-                super::rrl::Verdict::Drop => {
-                    self.metrics.rrl_dropped.inc();
-                    return false;
-                }
-                super::rrl::Verdict::Slip => {
-                    // Truncated and empty: a real client retries over TCP; a spoofed victim
-                    // gets nothing bigger than its query.
-                    self.metrics.rrl_slipped.inc();
-                    let h = ResponseHeader {
-                        tc: true,
-                        ..ResponseHeader::reply_to(q.id, q.opcode, q.rd, q.cd)
-                    };
-                    let opt = q.edns.map(|e| self.opt(e.dnssec_ok, None));
-                    return wire::encode(
-                        out,
-                        &h,
-                        Some(question.raw),
-                        &Sections::default(),
-                        opt.as_ref(),
-                        512,
-                    )
-                    .is_ok();
-                }
-            }
-        }
         let state = self.state.load();
         let key = self.cache_key(&q);
         let raw = q.question.as_ref().map_or(&[][..], |qq| qq.raw);
+        // The ECS scope of a routed answer (0: the answer is the same for every subnet).
+        let mut ecs_scope = 0u8;
         let sent = match &key {
             Some(k) if super::cache::lookup(state.generation, k, q.id, q.rd, q.cd, raw, out) => {
                 self.metrics.answer_cache_hits.inc();
@@ -157,13 +139,30 @@ impl Handler {
             }
             _ => {
                 let mut reusable = None;
-                let sent = self.respond(&q, &state, src, transport, out, &mut reusable);
+                let sent = self.respond(
+                    &q,
+                    &state,
+                    src,
+                    transport,
+                    out,
+                    &mut reusable,
+                    &mut ecs_scope,
+                );
                 if let (true, Some(k), Some(zone_queries)) = (sent, &key, &reusable) {
                     super::cache::insert(state.generation, k, raw, out, zone_queries);
                 }
                 sent
             }
         };
+        // RRL counts the response by what it is (answer, NXDOMAIN, referral, …), so it runs
+        // once the response is known — as in BIND and NSD.
+        if sent
+            && transport == Transport::Udp
+            && let Some(rrl) = &self.rrl
+            && let Some(sent) = self.rate_limit(rrl, &q, &state, src, ecs_scope, out)
+        {
+            return sent;
+        }
         if sent && out.len() >= wire::HEADER_LEN {
             let code = if q.edns.is_some_and(|e| e.version > 0) {
                 rcode::BADVERS
@@ -209,8 +208,52 @@ impl Handler {
         }
     }
 
+    /// Applies response rate limiting to the response in `out`: `None` when it may be sent,
+    /// else whether anything is to be sent (a slip: `out` now holds the truncated reply).
+    fn rate_limit(
+        &self,
+        rrl: &super::rrl::Rrl,
+        q: &Query<'_>,
+        state: &State,
+        src: SocketAddr,
+        ecs_scope: u8,
+        out: &mut Vec<u8>,
+    ) -> Option<bool> {
+        let question = q.question.as_ref()?;
+        match rrl.check(src.ip(), rrl_kind(q, state, ecs_scope, out)) {
+            super::rrl::Verdict::Allow => None,
+            super::rrl::Verdict::Drop => {
+                self.metrics.rrl_dropped.inc();
+                Some(false)
+            }
+            super::rrl::Verdict::Slip => {
+                // Truncated and empty: a real client retries over TCP; a spoofed victim
+                // gets nothing bigger than its query.
+                self.metrics.rrl_slipped.inc();
+                let h = ResponseHeader {
+                    tc: true,
+                    ..ResponseHeader::reply_to(q.id, q.opcode, q.rd, q.cd)
+                };
+                let opt = q.edns.map(|e| self.opt(e.dnssec_ok, None));
+                Some(
+                    wire::encode(
+                        out,
+                        &h,
+                        Some(question.raw),
+                        &Sections::default(),
+                        opt.as_ref(),
+                        512,
+                    )
+                    .is_ok(),
+                )
+            }
+        }
+    }
+
     /// Answers `q`. For a static answer from a zone that was encoded whole and fits the
     /// answer cache, sets `reusable` to the zone's query counter (the caller may cache it).
+    /// A routed answer sets `ecs_scope` to its ECS scope.
+    #[allow(clippy::too_many_arguments)]
     fn respond(
         &self,
         q: &Query<'_>,
@@ -219,6 +262,7 @@ impl Handler {
         transport: Transport,
         out: &mut Vec<u8>,
         reusable: &mut Option<std::sync::Arc<crate::base::Counter>>,
+        ecs_scope: &mut u8,
     ) -> bool {
         let mut h = ResponseHeader::reply_to(q.id, q.opcode, q.rd, q.cd);
         let limit = match (transport, &q.edns) {
@@ -281,7 +325,7 @@ impl Handler {
             return self.respond_why(q, state, p, qtype, src, h, limit, out);
         }
         if let Some(p) = state.routing.profile_at(question.name.lower()) {
-            return self.respond_routed(q, state, zone, p, qtype, src, h, limit, out);
+            return self.respond_routed(q, state, zone, p, qtype, src, h, limit, out, ecs_scope);
         }
         let mut s = Sections::default();
         let mut referral = false;
@@ -351,6 +395,7 @@ impl Handler {
         h: ResponseHeader,
         limit: u16,
         out: &mut Vec<u8>,
+        ecs_scope: &mut u8,
     ) -> bool {
         let qraw = q.question.as_ref().map(|qq| qq.raw);
         let ecs = q.edns.and_then(|e| e.ecs);
@@ -390,6 +435,9 @@ impl Handler {
         let opt = q
             .edns
             .map(|o| self.opt(o.dnssec_ok, ecs.map(|e| (e, sel.scope))));
+        if ecs.is_some() {
+            *ecs_scope = sel.scope;
+        }
         if sel.records.is_empty() {
             s.authority.push(Rr::at_apex(
                 &zone.negative_soa,
@@ -489,6 +537,66 @@ impl Handler {
             }));
         }
         finish(out, h, qraw, s, opt, limit, false)
+    }
+}
+
+/// What RRL counts the response in `out` (to `q`) as. Static answers (and every response
+/// without a routed ECS scope) are the same for every client subnet, so the ECS option is part
+/// of the key only for a routed answer with scope > 0; NXDOMAIN and NODATA are counted per
+/// zone, referrals per zone cut. A response truncated for size counts as the answer it stands
+/// for.
+fn rrl_kind<'a>(
+    q: &'a Query<'_>,
+    state: &'a State,
+    ecs_scope: u8,
+    out: &[u8],
+) -> super::rrl::Kind<'a> {
+    use super::rrl::Kind;
+    let Some(question) = q.question.as_ref() else {
+        return Kind::Error;
+    };
+    if out.len() < wire::HEADER_LEN || q.edns.is_some_and(|e| e.version > 0) {
+        return Kind::Error;
+    }
+    let (aa, tc) = (out[2] & 0x04 != 0, out[2] & 0x02 != 0);
+    let ancount = u16::from_be_bytes([out[6], out[7]]);
+    let nscount = u16::from_be_bytes([out[8], out[9]]);
+    let qname = question.name.lower();
+    let qtype = question.qtype;
+    let zone = || state.zones.find(&question.name);
+    let apex = || zone().map_or(qname, |z| &*z.origin_wire);
+    match u16::from(out[3] & 0x0F) {
+        rcode::NOERROR if ancount > 0 || tc => Kind::Answer {
+            qname,
+            qtype,
+            ecs: q
+                .edns
+                .and_then(|e| e.ecs)
+                .filter(|_| ecs_scope > 0)
+                .map(|e| (e.addr, ecs_scope)),
+        },
+        rcode::NOERROR if !aa && nscount > 0 => {
+            // The cut is the suffix of the query name with as many labels as the NS owner.
+            let cut_labels = zone()
+                .and_then(
+                    |z| match z.lookup(&question.name, RecordType::from(qtype)) {
+                        Lookup::Referral(ns) => ns.records.first().map(|r| r.name.num_labels()),
+                        _ => None,
+                    },
+                )
+                .map_or(0, usize::from);
+            Kind::Referral {
+                cut: question
+                    .name
+                    .suffix(question.name.label_count().saturating_sub(cut_labels)),
+            }
+        }
+        rcode::NOERROR => Kind::NoData {
+            zone: apex(),
+            qtype,
+        },
+        rcode::NXDOMAIN => Kind::NxDomain { zone: apex() },
+        _ => Kind::Error,
     }
 }
 

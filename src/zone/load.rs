@@ -284,7 +284,7 @@ fn record_line(text: &str, name: &Name, origin: &Name, rtype: RecordType) -> usi
 }
 
 /// Additional records computed for one RRset: (owner, index in the node, records).
-type Glue = (Box<[u8]>, usize, Vec<Record>);
+type Glue = (Box<[u8]>, usize, Box<[Record]>);
 
 fn build_zone(
     path: &Path,
@@ -302,11 +302,19 @@ fn build_zone(
         ConfigError::new(path, owner_line(text, name, &origin), field, msg)
     };
 
-    let mut nodes: crate::base::FastMap<Box<[u8]>, Node> = Default::default();
+    // Sized once: growing a map of a million names doubles it several times, and each time
+    // the old and the new table are alive together.
+    let mut nodes: crate::base::FastMap<Box<[u8]>, Node> =
+        crate::base::FastMap::with_capacity_and_hasher(sets.len(), Default::default());
     let mut soa = None;
-    for (key, set) in &sets {
-        let name = set.name();
+    // The parser's map is consumed, not borrowed: its records move into ours (no clone) and
+    // its nodes are freed as the iteration passes them, so the parsed zone is held about once
+    // rather than twice (a hickory `Record` is 272 bytes).
+    for (key, set) in sets {
         let rtype = key.record_type;
+        drop(key);
+        let parts = set.into_parts();
+        let name = &parts.name;
         let wire = wire_lower(name);
         if !wire_is_subdomain(&wire, &origin_wire) {
             errors.push(err(
@@ -338,15 +346,17 @@ fn build_zone(
             ));
             continue;
         }
-        if set.dns_class() != DNSClass::IN {
+        if parts.dns_class != DNSClass::IN {
             errors.push(err(
                 name,
                 Some(rtype),
-                format!("class {} is not served; only IN", set.dns_class()),
+                format!("class {} is not served; only IN", parts.dns_class),
             ));
             continue;
         }
-        let records: Vec<Record> = set.records_without_rrsigs().cloned().collect();
+        // RRSIGs (kept apart by the parser) are not served; `into_boxed_slice` drops spare
+        // capacity (the parser's `Vec` grows to four records at its second).
+        let records: Box<[Record]> = parts.records.into_boxed_slice();
         if rtype == RecordType::SOA {
             if wire != origin_wire {
                 errors.push(err(
@@ -378,16 +388,18 @@ fn build_zone(
             Some(RData::CNAME(c)) => Some(wire_lower(&c.0)),
             _ => None,
         };
-        let node = nodes.entry(wire.clone()).or_default();
+        let cut = rtype == RecordType::NS && wire != origin_wire;
+        let node = nodes.entry(wire).or_default();
         node.rrsets.push(RrSet {
             rtype,
             records,
-            additional: Vec::new(),
+            additional: Box::default(),
             cname_target,
         });
-        if rtype == RecordType::NS && wire != origin_wire {
-            node.cut = true;
-        }
+        node.cut |= cut;
+    }
+    for node in nodes.values_mut() {
+        node.rrsets.shrink_to_fit();
     }
 
     // CNAME and other data cannot share a name (RFC 1034 §3.6.2); nor can the apex be a CNAME.
@@ -434,24 +446,29 @@ fn build_zone(
     }
 
     // Empty non-terminals: every ancestor between an owner and the apex exists (NODATA).
-    let owners: Vec<Box<[u8]>> = nodes.keys().cloned().collect();
-    for owner in owners {
+    // Only the missing ancestors are collected (not a copy of every owner name); an ancestor
+    // that exists has its own ancestors checked when it is visited as an owner.
+    let mut missing: Vec<Box<[u8]>> = Vec::new();
+    for owner in nodes.keys() {
         let mut off = 0;
         while off < owner.len() && owner[off] != 0 {
             off += 1 + owner[off] as usize;
             let ancestor = &owner[off..];
-            if ancestor.len() <= origin_wire.len() {
+            if ancestor.len() <= origin_wire.len() || nodes.contains_key(ancestor) {
                 break;
             }
-            nodes.entry(ancestor.into()).or_default();
+            missing.push(ancestor.into());
         }
+    }
+    for ancestor in missing {
+        nodes.entry(ancestor).or_default();
     }
 
     // Additional-section addresses for NS, MX and SRV targets that live in this zone.
     let mut glue: Vec<Glue> = Vec::new();
     for (owner, node) in &nodes {
         for (idx, set) in node.rrsets.iter().enumerate() {
-            let extra: Vec<Record> = set
+            let extra: Box<[Record]> = set
                 .records
                 .iter()
                 .filter_map(|r| match &r.data {

@@ -26,10 +26,11 @@ use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 pub struct RrSet {
     /// Record type of every record in the set.
     pub rtype: RecordType,
-    /// The records (same owner, type, class IN; TTLs as written in the file).
-    pub records: Vec<Record>,
+    /// The records (same owner, type, class IN; TTLs as written in the file). A boxed slice,
+    /// not a `Vec`: no spare capacity and one word less, times every RRset of a big zone.
+    pub records: Box<[Record]>,
     /// Addresses of in-zone targets (NS, MX, SRV): the additional section, RFC 1035 §4.3.2.
-    pub additional: Vec<Record>,
+    pub additional: Box<[Record]>,
     /// For CNAME: the target's lower-cased wire name, so chains are followed without allocating.
     pub cname_target: Option<Box<[u8]>>,
 }
@@ -37,7 +38,8 @@ pub struct RrSet {
 /// Everything at one owner name. Empty for empty non-terminals.
 #[derive(Debug, Clone, Default)]
 pub struct Node {
-    /// RRsets at this name, in file order of first appearance.
+    /// RRsets at this name, in file order of first appearance (shrunk to fit once loaded:
+    /// a `Vec` grows to four RRsets at its first push, most names own one).
     pub rrsets: Vec<RrSet>,
     /// NS records below the apex make this name a zone cut: we are not authoritative below it.
     pub cut: bool,
