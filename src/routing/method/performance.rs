@@ -134,23 +134,28 @@ pub(super) fn pick<'a>(
                 .collect();
             rendezvous(client, salt, set.iter().map(|&(i, w)| (i, &*eps[i].key, w)))
         };
-        let all_eligible: Small<usize> = (0..eps.len())
-            .filter(|&i| eps[i].enabled && table.eligible(&eps[i], family))
-            .collect();
-        // Home: where the client would go with every endpoint healthy (the estimate
-        // of endpoints that are not candidates is computed here, on demand).
-        let path_any = |i: usize| {
-            let measured = table.measured.lookup(&client.loc, eps[i].region.as_deref());
-            let e = table
-                .model
-                .estimate(client.loc.point, eps[i].point, None, measured);
-            e.measured_ms.or(e.distance_ms)
-        };
-        let home = argmin(&path_any, &all_eligible).map(|h| h.0);
         let any_load = pool.iter().any(|&i| load(i).is_some());
         if any_load {
             scope = Scope::Source;
         }
+        // Home: where the client would go with every endpoint healthy (the estimate of
+        // endpoints that are not candidates is computed here, on demand). Only capacity
+        // spreading asks for it, so without load data it is not computed at all.
+        let home = if any_load {
+            let all_eligible: Small<usize> = (0..eps.len())
+                .filter(|&i| eps[i].enabled && table.eligible(&eps[i], family))
+                .collect();
+            let path_any = |i: usize| {
+                let measured = table.measured.lookup(&client.loc, eps[i].region.as_deref());
+                let e = table
+                    .model
+                    .estimate(client.loc.point, eps[i].point, None, measured);
+                e.measured_ms.or(e.distance_ms)
+            };
+            argmin(&path_any, &all_eligible).map(|h| h.0)
+        } else {
+            None
+        };
         if any_load && home.is_some_and(|h| !pool.contains(&h)) {
             if let Some(i) = spread(None, "spread") {
                 let home_name = home.map_or("-", |h| eps[h].name.as_str());
