@@ -229,6 +229,10 @@ def main():
         for t in threads:
             t.join(35)
         rss1 = rss_mib(proc.pid)
+        # The last admin connection's close returns freed heap to the OS: sample again after
+        # the server has seen every close.
+        time.sleep(2)
+        rss2 = rss_mib(proc.pid)
 
         print(f"geosteer {ENDPOINTS}-endpoint performance profile, workers = {WORKERS}, "
               f"{CLIENTS} admin clients, flood {FLOOD:.0f} s\n")
@@ -241,7 +245,8 @@ def main():
         print(f"\nadmin responses by status: {codes}")
         print(f"/healthz during the flood: {hz['n']} polls, {hz['failed']} failed, "
               f"worst {hz['worst'] * 1000:.1f} ms")
-        print(f"RSS: {rss0:.1f} MiB before, {rss1:.1f} MiB after the flood")
+        print(f"RSS: {rss0:.1f} MiB before, {rss1:.1f} MiB as the flood ends, "
+              f"{rss2:.1f} MiB 2 s later")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

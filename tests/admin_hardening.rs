@@ -305,11 +305,12 @@ fn closed(s: &mut TcpStream) -> bool {
 
 /// 320 connections that send half a request head: only `max_connections` are kept (the rest
 /// closed at accept), those are closed after `header_timeout`, RSS stays flat, and a normal
-/// request works afterwards.
+/// request works afterwards. (The 6 s timeout leaves room to open all 320 on a busy machine
+/// before the first kept ones time out.)
 #[test]
 fn half_sent_heads_are_bounded_and_timed_out() {
     let server = Server::start_with(Opts {
-        admin_extra: "max_connections = 32\nheader_timeout = \"3s\"\n".into(),
+        admin_extra: "max_connections = 32\nheader_timeout = \"6s\"\n".into(),
         ..Default::default()
     });
     let admin = server.admin.unwrap();
@@ -333,12 +334,12 @@ fn half_sent_heads_are_bounded_and_timed_out() {
     }
     let open_phase = opened.elapsed();
     assert!(
-        open_phase < Duration::from_secs(2),
+        open_phase < Duration::from_secs(4),
         "opening took {open_phase:?}: too slow to tell the limit from the timeout"
     );
     // Excess connections are closed at accept, well before the header timeout.
     let still_open = poll(
-        Duration::from_millis(2500).saturating_sub(open_phase),
+        Duration::from_secs(5).saturating_sub(open_phase),
         "excess connections closed",
         || {
             let open = conns.iter_mut().map(closed).filter(|c| !c).count();
@@ -354,11 +355,14 @@ fn half_sent_heads_are_bounded_and_timed_out() {
     );
     // The kept ones are dropped after the header timeout.
     poll(
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         "every half-sent connection closed",
         || conns.iter_mut().all(closed).then_some(()),
     );
-    assert!(opened.elapsed() >= Duration::from_secs(2));
+    assert!(
+        opened.elapsed() >= Duration::from_secs(5),
+        "closed by the timeout, not at once"
+    );
     drop(conns);
     assert_eq!(
         get(admin, "127.0.0.1", "/healthz", Duration::from_secs(5)).map(|r| r.0),

@@ -54,10 +54,11 @@ const HEAVY_AT_ONCE: usize = 2;
 /// A heavy render that cannot start within this long is refused (503, with words).
 const HEAVY_WAIT: Duration = Duration::from_secs(10);
 /// Most routing decisions (grid cells × endpoints evaluated per cell) one `/api/map` request
-/// may take; more is refused with 422 naming the smallest step that fits. 10 million is well
-/// under a second of one core in a release build (5,000 endpoints at step 5 fits, step 1
-/// does not).
-const MAX_MAP_WORK: u64 = 20_000_000;
+/// may take; more is refused with 422 naming the smallest step that fits. A decision over a
+/// large performance profile costs ~0.7–2.7 µs per endpoint in a release build here, so this
+/// is about 1–2 s of one core: a 5,000-endpoint profile gets step ≥ 13, the bundled 3-endpoint
+/// profile any step.
+const MAX_MAP_WORK: u64 = 2_000_000;
 /// Map renders kept (per profile and step), all of one state and health generation.
 const MAP_CACHE_ENTRIES: usize = 8;
 /// The live map page (no external resources).
@@ -180,6 +181,16 @@ pub fn spawn(
     Ok(stopped)
 }
 
+/// Returns free heap pages to the OS (glibc keeps them otherwise).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory the allocator already considers free; it has no
+    // preconditions and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Lowers the calling thread's CPU priority (Linux: nice is per thread).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
@@ -251,6 +262,7 @@ pub async fn serve(
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let stop = stop.clone();
+        let slots = slots.clone();
         conns.spawn(async move {
             let _slot = slot;
             let mut http = hyper::server::conn::http1::Builder::new();
@@ -268,6 +280,12 @@ pub async fn serve(
             };
             if let Err(e) = result {
                 debug!(error = %e, "admin API connection ended");
+            }
+            // The last open connection is closing: give the memory of the renders and
+            // responses (megabytes each on large profiles) back to the OS, or glibc keeps it
+            // (RSS stayed ~90 MiB higher after a flood on 5,000 endpoints).
+            if slots.available_permits() + 1 == max {
+                drop(tokio::task::spawn_blocking(trim_heap));
             }
         });
     }
