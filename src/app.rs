@@ -176,9 +176,14 @@ pub async fn run(
     }
     tracker.spawn(reload::watch_files(control.clone(), stop.clone()));
     if let Some(l) = bound.admin {
-        let l = tokio::net::TcpListener::from_std(l).context("admin listener")?;
         info!(proto = "http", addr = %l.local_addr()?, "admin API listening");
-        tracker.spawn(api::serve(l, control.clone(), stop.clone()));
+        // Its own thread and runtime: no admin request may take a DNS worker. Shutdown
+        // waits for it like for the TCP connections (it drains its own within `grace`).
+        let stopped = api::spawn(l, control.clone(), stop.clone(), grace)
+            .context("failed to start the admin API thread")?;
+        tracker.spawn(async move {
+            let _ = stopped.await;
+        });
     }
     server::spawn(bound.dns, handler, limits, stop.clone(), &tracker)
         .context("failed to register sockets with the runtime")?;

@@ -1649,3 +1649,74 @@ fn terraform_parses_and_agrees_with_the_manifests() {
         "profile {steered}"
     );
 }
+
+// ---- network policy -------------------------------------------------------------------------
+
+/// The admin API (no token needed for reads) is reachable only from Prometheus; DNS from
+/// everyone. Checked on the rendered objects: the policy selects the geosteer pods, every
+/// named port it uses exists on the container, DNS rules have no `from` (all sources), and
+/// every rule that opens the admin port names its peers.
+#[test]
+fn network_policy_opens_dns_to_all_and_admin_to_prometheus_only() {
+    for r in rendered() {
+        let n = r.name;
+        let np = r.one("NetworkPolicy", "geosteer");
+        let pod_labels = &r.deployment()["spec"]["template"]["metadata"]["labels"];
+        assert!(
+            labels_match(&np["spec"]["podSelector"]["matchLabels"], pod_labels),
+            "{n}: the policy selects the geosteer pods"
+        );
+        assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]), "{n}");
+        let c = r.container("geosteer");
+        let container_port = |name: &str| {
+            c["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{n}: container port {name}"))
+                .clone()
+        };
+        let mut dns_open = BTreeSet::new();
+        let mut admin_rules = 0;
+        for rule in np["spec"]["ingress"].as_array().expect("ingress rules") {
+            let ports = rule["ports"]
+                .as_array()
+                .expect("every rule names its ports");
+            for p in ports {
+                let name = p["port"].as_str().expect("named ports");
+                let cp = container_port(name);
+                assert_eq!(p["protocol"], cp["protocol"], "{n}: protocol of {name}");
+                match cp["containerPort"].as_u64().unwrap() {
+                    53 => {
+                        assert!(rule.get("from").is_none(), "{n}: DNS open to every source");
+                        dns_open.insert(cp["protocol"].as_str().unwrap().to_string());
+                    }
+                    8053 => {
+                        admin_rules += 1;
+                        let from = rule["from"].as_array().expect("admin rule has peers");
+                        assert!(!from.is_empty(), "{n}: admin port needs named peers");
+                        for peer in from {
+                            assert!(
+                                peer.get("ipBlock").is_none(),
+                                "{n}: no address ranges for the admin API: {peer}"
+                            );
+                            assert_eq!(
+                                peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+                                "prometheus",
+                                "{n}: {peer}"
+                            );
+                        }
+                    }
+                    other => panic!("{n}: unexpected port {other} in the policy"),
+                }
+            }
+        }
+        assert_eq!(
+            dns_open,
+            BTreeSet::from(["TCP".to_string(), "UDP".to_string()]),
+            "{n}: DNS over UDP and TCP"
+        );
+        assert_eq!(admin_rules, 1, "{n}: one rule for the admin port");
+    }
+}

@@ -113,6 +113,10 @@ struct RawAdmin {
     #[serde(with = "de::duration")]
     reload_timeout: Duration,
     query_log_sample: f64,
+    max_connections: usize,
+    #[serde(with = "de::duration")]
+    header_timeout: Duration,
+    allowed_hosts: Vec<String>,
 }
 
 impl Default for RawAdmin {
@@ -130,6 +134,9 @@ impl Default for RawAdmin {
             reload_poll: Duration::from_secs(1),
             reload_timeout: Duration::from_secs(60),
             query_log_sample: 0.0,
+            max_connections: 64,
+            header_timeout: Duration::from_secs(5),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -361,6 +368,14 @@ pub struct Config {
     pub reload_timeout: Duration,
     /// Fraction of queries logged as JSON lines (0 = none, 1 = all).
     pub query_log_sample: f64,
+    /// Admin API connections open at once; more are closed at accept (bounds its memory).
+    pub admin_max_connections: usize,
+    /// An admin API connection that has not sent a whole request head for this long (also
+    /// an idle keep-alive connection) is closed.
+    pub admin_header_timeout: Duration,
+    /// Host names (lowercase, no trailing dot) the admin API answers besides IP literals
+    /// and `localhost`: a guard against DNS rebinding.
+    pub admin_allowed_hosts: Vec<String>,
     /// Every file this configuration was built from (watched for changes).
     pub files: Vec<PathBuf>,
     /// The per-run admin token's file, when `admin_token` is one (see `ops::runtoken`): kept
@@ -642,6 +657,44 @@ impl Config {
                 "must be longer than 0s",
             ));
         }
+        if a.max_connections == 0 {
+            errors.push(ConfigError::new(
+                file,
+                at("max_connections"),
+                "admin.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if a.header_timeout.is_zero() {
+            errors.push(ConfigError::new(
+                file,
+                at("header_timeout"),
+                "admin.header_timeout",
+                "must be longer than 0s",
+            ));
+        }
+        let mut admin_allowed_hosts = Vec::new();
+        for h in &a.allowed_hosts {
+            let name = h.trim_end_matches('.').to_ascii_lowercase();
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if valid {
+                admin_allowed_hosts.push(name);
+            } else {
+                errors.push(ConfigError::new(
+                    file,
+                    at("allowed_hosts"),
+                    "admin.allowed_hosts",
+                    format!("{h:?} is not a host name (give names only: no port, scheme or path; IP literals and localhost are always allowed)"),
+                ));
+            }
+        }
         if !(0.0..=1.0).contains(&a.query_log_sample) {
             errors.push(ConfigError::new(
                 file,
@@ -731,6 +784,9 @@ impl Config {
             reload_poll: raw.admin.reload_poll,
             reload_timeout: raw.admin.reload_timeout,
             query_log_sample: raw.admin.query_log_sample,
+            admin_max_connections: raw.admin.max_connections,
+            admin_header_timeout: raw.admin.header_timeout,
+            admin_allowed_hosts,
             rrl: RrlConfig {
                 responses_per_second: if raw.rrl.enabled {
                     raw.rrl.responses_per_second
@@ -926,6 +982,24 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
         Config::parse(Path::new("t.toml"), text, Path::new("/etc/geosteer"))
+    }
+
+    #[test]
+    fn admin_hardening_fields() {
+        let c = parse("[admin]\nmax_connections = 8\nheader_timeout = \"2s\"\nallowed_hosts = [\"Admin.Example.NET.\"]\n").unwrap();
+        assert_eq!(c.admin_max_connections, 8);
+        assert_eq!(c.admin_header_timeout, Duration::from_secs(2));
+        assert_eq!(c.admin_allowed_hosts, ["admin.example.net"]);
+        let d = parse("").unwrap();
+        assert_eq!(d.admin_max_connections, 64);
+        assert!(d.admin_allowed_hosts.is_empty());
+        let e = parse("[admin]\nallowed_hosts = [\"http://x.example:80/\"]\n").unwrap_err();
+        assert!(
+            e.to_string().starts_with("t.toml:2: admin.allowed_hosts: "),
+            "{e}"
+        );
+        let e = parse("[admin]\nmax_connections = 0\n").unwrap_err();
+        assert!(e.to_string().contains("admin.max_connections"), "{e}");
     }
 
     #[test]
