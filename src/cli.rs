@@ -123,6 +123,59 @@ impl ApiTarget {
     }
 }
 
+/// Why `geosteer explain` could not show the running server's view.
+pub enum ExplainError {
+    /// No server answered (or none is configured): the files' view is shown instead, and why.
+    Unreachable(String),
+    /// The server answered with an error (e.g. not a profile): shown as it is.
+    Refused(String),
+}
+
+/// `geosteer explain` against the running server (`GET /api/explain`), with a short timeout so
+/// an absent server costs little. Returns the server's base URL and its JSON answer.
+pub fn explain_from_server(
+    config: Option<&Path>,
+    name: &str,
+    client: std::net::IpAddr,
+    ecs: Option<ipnet::IpNet>,
+    qtype: &str,
+) -> Result<(String, Value), ExplainError> {
+    let t = ApiTarget::resolve(config, None, None).map_err(ExplainError::Unreachable)?;
+    let mut path = format!("/api/explain?name={name}&client={client}&type={qtype}");
+    if let Some(e) = ecs {
+        path.push_str(&format!("&ecs={e}"));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ExplainError::Unreachable(e.to_string()))?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| ExplainError::Unreachable(e.to_string()))?;
+        let url = format!("{}{path}", t.base);
+        let resp = client.get(&url).send().await.map_err(|_| {
+            ExplainError::Unreachable(format!("no running server answered at {}", t.base))
+        })?;
+        let status = resp.status();
+        let v: Value = resp.json().await.map_err(|e| {
+            ExplainError::Unreachable(format!("{} did not answer like geosteer: {e}", t.base))
+        })?;
+        if status.is_success() && v["text"].is_string() {
+            Ok((t.base.clone(), v))
+        } else {
+            Err(ExplainError::Refused(
+                v["error"]
+                    .as_str()
+                    .map_or_else(|| v.to_string(), str::to_string),
+            ))
+        }
+    })
+}
+
 /// `geosteer drill start`.
 pub fn drill_start(
     t: &ApiTarget,

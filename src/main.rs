@@ -102,6 +102,9 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Explain from the configuration files only, without asking a running server.
+        #[arg(long)]
+        offline: bool,
     },
 }
 
@@ -216,7 +219,33 @@ fn main() -> ExitCode {
             ecs,
             qtype,
             json,
+            offline,
         } => {
+            // The running server's view first: during an incident the files alone would
+            // contradict it (no probe verdicts, forced states or drills).
+            let mut why_files = "--offline".to_string();
+            if !offline {
+                match cli::explain_from_server(config.as_deref(), &name, client, ecs, &qtype) {
+                    Ok((base, report)) => {
+                        if json {
+                            let mut r = report["report"].clone();
+                            r["view"] = serde_json::json!({ "from": "server", "server": base });
+                            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                        } else {
+                            println!(
+                                "view      the running server at {base} (its probe states, forced states and drills)"
+                            );
+                            print!("{}", report["text"].as_str().unwrap_or_default());
+                        }
+                        return ExitCode::SUCCESS;
+                    }
+                    Err(cli::ExplainError::Refused(e)) => {
+                        eprintln!("geosteer explain: {e}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                    Err(cli::ExplainError::Unreachable(why)) => why_files = why,
+                }
+            }
             let loaded = match app::load(config.as_deref()) {
                 Ok(l) => l,
                 Err(errors) => {
@@ -234,13 +263,15 @@ fn main() -> ExitCode {
             let health = prober::initial_snapshot(&loaded.state.routing);
             match explain::explain(&loaded.state, &health, &name, family, client, ecs) {
                 Ok(report) if json => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&report).unwrap_or_default()
-                    );
+                    let mut r = serde_json::to_value(&report).unwrap_or_default();
+                    r["view"] = serde_json::json!({ "from": "files", "why": why_files });
+                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
                     ExitCode::SUCCESS
                 }
                 Ok(report) => {
+                    println!(
+                        "view      configuration files only ({why_files}): probe states, forced states and drills are not shown"
+                    );
                     print!("{report}");
                     ExitCode::SUCCESS
                 }

@@ -148,6 +148,33 @@ fn quick_start_force_drill_and_reload_work_from_the_embedded_default() {
             .any(|r| r.ends_with("198.51.100.20"))
             .then_some(())
     });
+    // `explain` asks the running server, so it shows the force (the files alone cannot), and
+    // says which view it is; `--offline` is the files' view, and says so.
+    let (code, out, err) = run.geosteer(&["explain", "mqtt.example.test", "--ecs", "81.2.69.0/24"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("view      the running server at http://"),
+        "{out}"
+    );
+    assert!(out.contains("ForcedDown"), "{out}");
+    assert!(out.contains("198.51.100.20"), "{out}");
+    let (code, out, err) = run.geosteer(&[
+        "explain",
+        "mqtt.example.test",
+        "--ecs",
+        "81.2.69.0/24",
+        "--offline",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("view      configuration files only (--offline)"),
+        "{out}"
+    );
+    assert!(!out.contains("ForcedDown"), "{out}");
+    let (code, out, _) = run.geosteer(&["explain", "mqtt.example.test", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["view"]["from"], "server", "{out}");
     let (code, out, err) = run.geosteer(&["force", "mqtt/westeurope", "--action", "probe"]);
     assert_eq!(code, 0, "{out}{err}");
     poll(Duration::from_secs(10), "London to come back", || {
@@ -190,6 +217,16 @@ fn quick_start_force_drill_and_reload_work_from_the_embedded_default() {
         server.0.try_wait().ok().flatten()
     });
     assert!(!token_file.exists(), "token file left behind");
+    // No server any more: the files' view, and why.
+    let (code, out, err) = run.geosteer(&["explain", "mqtt.example.test", "--ecs", "81.2.69.0/24"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with(
+            "view      configuration files only (no running server answered at http://"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("198.51.100.10"), "{out}");
 }
 
 /// The README's one test command is the script CI runs, and the scripts parse.
