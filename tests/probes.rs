@@ -486,7 +486,7 @@ async fn the_certificate_expiry_is_exported() {
     let admin = s.admin.expect("admin API address");
     // HTTP/1.0 by hand: the admin API is plain HTTP and the reply ends with the connection.
     let get = |path: &str| {
-        let request = format!("GET {path} HTTP/1.0\r\nHost: geosteer\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {admin}\r\n\r\n");
         async move {
             let mut tcp = TcpStream::connect(admin).await.ok()?;
             tcp.write_all(request.as_bytes()).await.ok()?;
