@@ -336,3 +336,65 @@ async fn post(
         .unwrap_or(0);
     (code, out)
 }
+
+/// A drill on a monitored endpoint that has no probe verdict yet is refused as "not ready"
+/// (503): the first verdict could land while the drill verifies its move. The monitor here
+/// probes a listener that accepts and never answers, with a 30 s timeout, so no verdict can
+/// exist yet.
+#[tokio::test]
+async fn a_drill_before_the_first_verdict_is_not_ready() {
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hung.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = hung.accept().await {
+            held.push(c);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let zones = dir.path().join("zones");
+    std::fs::create_dir(&zones).unwrap();
+    std::fs::write(
+        zones.join("d.test.zone"),
+        "$ORIGIN d.test.\n$TTL 60\n@ IN SOA ns.d.test. h.d.test. 1 2 3 4 30\n@ IN NS ns.d.test.\nns IN A 192.0.2.1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        zones.join("d.test.toml"),
+        format!(
+            "[[profile]]\nname = \"mqtt\"\nmethod = \"priority\"\n\
+             [profile.monitor]\nprotocol = \"http\"\nport = {port}\nhost = \"127.0.0.1\"\n\
+             path = \"/\"\ninterval = \"60s\"\ntimeout = \"30s\"\n\
+             [[profile.endpoint]]\nname = \"a\"\ntargets = [\"192.0.2.10\"]\npriority = 1\n\
+             [[profile.endpoint]]\nname = \"b\"\ntargets = [\"192.0.2.20\"]\npriority = 2\n"
+        ),
+    )
+    .unwrap();
+    let cfg = dir.path().join("geosteer.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nudp = [\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"]\nworkers = 1\n\
+             [zones]\ndirectory = \"{}\"\n[admin]\nlisten = \"\"\nstate_file = \"{}\"\n\
+             drill_samples = [\"81.2.69.0/24\"]\n[log]\nlevel = \"warn\"\n",
+            zones.display(),
+            dir.path().join("state.json").display()
+        ),
+    )
+    .unwrap();
+    let s = start(&cfg, Clock::system()).await;
+    let err = s
+        .control
+        .start_drill(DrillRequest {
+            profile: "mqtt".into(),
+            endpoint: "a".into(),
+            duration: "5m".into(),
+            scope: vec![],
+            dry_run: false,
+        })
+        .await
+        .expect_err("no verdict yet: not ready");
+    assert_eq!(err.status(), 503, "{err}");
+    assert!(err.to_string().contains("no probe verdict yet"), "{err}");
+    shut(s).await;
+}

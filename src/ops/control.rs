@@ -17,7 +17,9 @@ use super::store::Persisted;
 use crate::base::Clock;
 use crate::config::Config;
 use crate::dns::Handler;
-use crate::health::{Force, ForceAction, ForceEntry, ForceOrigin, ForceTarget, HealthSnapshot};
+use crate::health::{
+    Force, ForceAction, ForceEntry, ForceOrigin, ForceTarget, HealthSnapshot, MonitorState,
+};
 use crate::metrics::Metrics;
 use crate::probing::prober::Prober;
 use crate::state::State;
@@ -611,6 +613,21 @@ impl Control {
     ) -> Result<DrillRecord, ControlError> {
         let duration = parse_duration(&req.duration).map_err(ControlError::BadRequest)?;
         let (profile, key) = self.endpoint_key(&req.profile, &req.endpoint)?;
+        // A monitored endpoint without a first probe verdict: the verdict may land while the
+        // drill verifies, and its move could not be told from the drill's own.
+        let monitored = self
+            .state
+            .load()
+            .routing
+            .endpoints()
+            .any(|(_, e)| *e.key == *key && e.monitor.is_some());
+        if monitored && self.health.load().get(&key).state == MonitorState::CheckingEndpoint {
+            return Err(ControlError::NotReady(format!(
+                "{key} has no probe verdict yet (CheckingEndpoint): a drill now could not tell \
+                 its own move from the first verdict's; retry once it has been probed \
+                 (/readyz answers 200 after the first probe round)"
+            )));
+        }
         if self
             .drills()
             .iter()
