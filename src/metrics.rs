@@ -246,7 +246,7 @@ impl Metrics {
         let _ = writeln!(
             o,
             "geosteer_fail_open_transitions_total {}",
-            health.fail_open_transitions
+            health.status.fail_open_transitions
         );
         help(
             &mut o,
@@ -276,7 +276,7 @@ impl Metrics {
             .routing
             .endpoints()
             .filter_map(|(_, e)| {
-                let (key, detail) = health.details.get_key_value(&e.key)?;
+                let (key, detail) = health.status.details.get_key_value(&e.key)?;
                 let s = state.routing.effective_state(e, health, Viewer::Everyone);
                 Some((key, detail, s))
             })
@@ -390,7 +390,7 @@ impl Metrics {
         let _ = writeln!(
             o,
             "geosteer_endpoint_state_changes_total {}",
-            health.state_changes
+            health.status.state_changes
         );
         help(
             &mut o,
@@ -398,7 +398,7 @@ impl Metrics {
             "gauge",
             "Forced states (operator overrides and drills) in effect.",
         );
-        let _ = writeln!(o, "geosteer_forced_states {}", health.forced.len());
+        let _ = writeln!(o, "geosteer_forced_states {}", health.status.forced.len());
         help(
             &mut o,
             "geosteer_reloads_total",
@@ -474,7 +474,9 @@ mod effective_tests {
         )];
         h.set("top.t./leaf-off", forced_up);
         for (_, e) in t.endpoints() {
-            h.details.insert(e.key.clone(), EndpointStatus::default());
+            std::sync::Arc::make_mut(&mut h.status)
+                .details
+                .insert(e.key.clone(), EndpointStatus::default());
         }
         let state = State {
             routing: t,

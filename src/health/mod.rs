@@ -194,10 +194,20 @@ pub struct EndpointStatus {
     pub cert_not_after_unix: Option<i64>,
 }
 
-/// Health of every endpoint, immutable once published.
+/// Health of every endpoint as routing reads it, immutable once published: one compact value
+/// per endpoint (gdnsd's model). What operators see besides — probe details, readiness,
+/// counts, forced states, fail-open — is a [`StatusSnapshot`] of its own, published with it
+/// but never read on the query path.
 #[derive(Debug, Clone, Default)]
 pub struct HealthSnapshot {
     by_key: crate::base::FastMap<Arc<str>, EndpointHealth>,
+    /// The operator's view published with this snapshot.
+    pub status: Arc<StatusSnapshot>,
+}
+
+/// Operator-facing health (status API, metrics, readiness, the map); not read by queries.
+#[derive(Debug, Clone, Default)]
+pub struct StatusSnapshot {
     /// Operator-facing details per endpoint.
     pub details: HashMap<Arc<str>, EndpointStatus>,
     /// Every probed endpoint has had at least one probe result.

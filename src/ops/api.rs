@@ -487,7 +487,7 @@ async fn map_page() -> Html<&'static str> {
 
 async fn readyz(AxState(c): AxState<Shared>) -> Response {
     let health = c.health.load();
-    if health.first_round_done {
+    if health.status.first_round_done {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (
@@ -564,7 +564,7 @@ async fn status(AxState(c): AxState<Shared>) -> Response {
                 .iter()
                 .map(|e| {
                     let h = health.get(&e.key);
-                    let d = health.details.get(&e.key);
+                    let d = health.status.details.get(&e.key);
                     let state = st.routing.effective_state(e, &health, Viewer::Everyone);
                     EndpointView {
                         name: e.name.clone(),
@@ -611,11 +611,11 @@ async fn status(AxState(c): AxState<Shared>) -> Response {
         .unwrap_or_default();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "ready": health.first_round_done,
+        "ready": health.status.first_round_done,
         "reload": reload,
         "zones": st.zones.iter().map(|z| z.origin.to_string()).collect::<Vec<_>>(),
         "profiles": profiles,
-        "failed_open": health.failed_open,
+        "failed_open": health.status.failed_open,
         "forced": c.forced(),
         "drills": c.drills(),
     }))

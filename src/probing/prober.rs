@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 use super::load::LoadPoller;
 use super::probe::{Probe, ProbeOutcome, ProbeTls, TlsRegistry};
 use crate::base::Clock;
+use crate::health::StatusSnapshot;
 use crate::health::load::CapacitySpec;
 use crate::health::monitor::{MonitorSpec, Protocol};
 use crate::health::state::Tracker;
@@ -559,22 +560,26 @@ impl Publisher {
             d.connections = l.and_then(|l| l.connections);
             d.load_error = l.and_then(|l| l.error.clone());
         }
-        snap.details = self.details.clone();
-        snap.first_round_done = self.running.keys().all(|k| {
-            self.details
-                .get(k)
-                .is_some_and(|d| d.probes_ok + d.probes_failed > 0)
-        });
-        snap.state_changes = self.state_changes;
-        snap.forced = self.forced.clone();
-        self.note_fail_open(&mut snap);
+        let mut status = StatusSnapshot {
+            details: self.details.clone(),
+            first_round_done: self.running.keys().all(|k| {
+                self.details
+                    .get(k)
+                    .is_some_and(|d| d.probes_ok + d.probes_failed > 0)
+            }),
+            state_changes: self.state_changes,
+            forced: self.forced.clone(),
+            ..Default::default()
+        };
+        self.note_fail_open(&snap, &mut status);
+        snap.status = Arc::new(status);
         self.health.store(Arc::new(snap));
     }
 
     /// Finds the profiles that fail open in `snap` (the one rule: `RoutingTable::fails_open`)
     /// and logs each transition into or out of fail-open once — here, where snapshots are
     /// made, never on the query path (a query-time log would fire per query).
-    fn note_fail_open(&mut self, snap: &mut HealthSnapshot) {
+    fn note_fail_open(&mut self, snap: &HealthSnapshot, status: &mut StatusSnapshot) {
         let table = &self.plan.table;
         let now: Vec<String> = (0..table.profiles.len())
             .filter(|&i| table.fails_open(i, snap))
@@ -600,8 +605,8 @@ impl Publisher {
             }
         }
         self.failed_open = now.clone();
-        snap.failed_open = now;
-        snap.fail_open_transitions = self.fail_open_transitions;
+        status.failed_open = now;
+        status.fail_open_transitions = self.fail_open_transitions;
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, initial: Plan) {
