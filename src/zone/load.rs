@@ -504,6 +504,11 @@ fn build_zone(
     negative_soa.ttl = negative_ttl;
     let has_cuts = nodes.values().any(|n| n.cut);
     let has_wildcards = nodes.keys().any(|k| k.starts_with(b"\x01*"));
+    let wildcard_parents: Box<[Box<[u8]>]> = nodes
+        .keys()
+        .filter(|k| k.starts_with(b"\x01*"))
+        .map(|k| Box::<[u8]>::from(&k[2..]))
+        .collect();
     let negative_soa_wire = crate::wire::ApexRr::soa(&negative_soa, &origin_wire);
     Ok(Zone {
         negative_soa_wire,
@@ -515,6 +520,7 @@ fn build_zone(
         nodes,
         has_cuts,
         has_wildcards,
+        wildcard_parents,
         file: path.to_path_buf(),
         queries: Default::default(),
     })

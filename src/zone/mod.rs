@@ -73,6 +73,10 @@ pub struct Zone {
     pub has_cuts: bool,
     /// Whether any owner is a wildcard (skips the closest-encloser walk of NXDOMAIN answers).
     pub has_wildcards: bool,
+    /// The parents of the wildcards (`x.` for `*.x.`), lower-cased wire names: a name below
+    /// none of them can never be synthesized, so its NXDOMAIN skips the closest-encloser walk
+    /// (in a zone with one wildcard, most NXDOMAINs are elsewhere).
+    pub wildcard_parents: Box<[Box<[u8]>]>,
     /// File it came from.
     pub file: PathBuf,
     /// Queries answered from this zone since it was loaded.
@@ -168,7 +172,12 @@ impl Zone {
     /// Only that one wildcard is a candidate: a wildcard higher up is blocked by the existing
     /// name in between (RFC 4592 §2.2.1), which makes the name NXDOMAIN.
     fn wildcard_for(&self, name: &[u8]) -> Option<&Node> {
-        if !self.has_wildcards {
+        if !self.has_wildcards
+            || !self
+                .wildcard_parents
+                .iter()
+                .any(|p| wire_is_subdomain(name, p))
+        {
             return None;
         }
         let mut off = 0;
