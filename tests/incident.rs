@@ -9,17 +9,14 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use common::embedded::{answer, config, london, settle, shut, start};
 use common::*;
-use geosteer::app::{self, Inputs};
 use geosteer::base::Clock;
 use geosteer::health::{ForceAction, ForceTarget};
-use geosteer::ops::control::Control;
-use geosteer::ops::drill::{self, DrillRequest, DrillStatus};
+use geosteer::ops::drill::{DrillRequest, DrillStatus};
 use ipnet::IpNet;
-use tokio::sync::{mpsc, oneshot};
 
 const LONDON: &str = "+subnet=81.2.69.0/24";
 const NUREMBERG: &str = "+subnet=2a01:4f8::/48";
@@ -428,85 +425,9 @@ fn a_second_server_on_the_same_udp_port_is_refused() {
 // Embedded, paused time
 // ---------------------------------------------------------------------------------------------
 
-fn embedded_config(dir: &Path) -> PathBuf {
-    let r = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let text = format!(
-        r#"
-[server]
-udp = ["127.0.0.1:0"]
-tcp = ["127.0.0.1:0"]
-workers = 1
-[zones]
-directory = "{zones}"
-[geoip]
-city = "{r}/geo/sample-city.mmdb"
-asn = "{r}/geo/sample-asn.mmdb"
-[admin]
-listen = ""
-state_file = "{state}"
-drill_samples = ["81.2.69.0/24", "216.160.83.0/24"]
-reload_poll = "1h"
-[log]
-level = "warn"
-"#,
-        zones = r.join("zones").display(),
-        r = r.display(),
-        state = dir.join("state.json").display(),
-    );
-    let path = dir.join("geosteer.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-struct Running {
-    control: Arc<Control>,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _reload: mpsc::Sender<()>,
-}
-
-async fn start(cfg: &Path) -> Running {
-    let clock = Clock::following_tokio(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-    let loaded = app::load(Some(cfg)).expect("config loads");
-    let bound = app::bind(&loaded.config).expect("binds port 0");
-    let (reload, reloads) = mpsc::channel(1);
-    let (ready_tx, ready) = oneshot::channel();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(app::run(
-        loaded,
-        bound,
-        Inputs { clock, reloads },
-        Some(ready_tx),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let control = ready.await.expect("server ready");
-    Running {
-        control,
-        stop,
-        task,
-        _reload: reload,
-    }
-}
-
-async fn shut(r: Running) {
-    let _ = r.stop.send(());
-    r.task.await.unwrap().unwrap();
-}
-
-fn london() -> IpNet {
-    "81.2.69.0/24".parse().unwrap()
-}
-
-fn answer(c: &Control) -> String {
-    drill::resolve(&c.handler, "mqtt.example.test", &london())
-}
-
-async fn settle() {
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
-    }
+/// The embedded server's clock: tokio's paused time from a fixed wall time.
+fn paused_clock() -> Clock {
+    Clock::following_tokio(UNIX_EPOCH + Duration::from_secs(1_800_000_000))
 }
 
 fn drill_req(endpoint: &str, scope: Vec<IpNet>) -> DrillRequest {
@@ -523,7 +444,7 @@ fn drill_req(endpoint: &str, scope: Vec<IpNet>) -> DrillRequest {
 #[tokio::test(start_paused = true)]
 async fn a_drill_that_moves_no_sample_is_not_verified() {
     let dir = tempfile::tempdir().unwrap();
-    let s = start(&embedded_config(dir.path())).await;
+    let s = start(&config(dir.path()), paused_clock()).await;
     // London is a westeurope client: drilling eastus for London's network moves nobody.
     let rec = s
         .control
@@ -545,7 +466,7 @@ async fn a_drill_that_moves_no_sample_is_not_verified() {
 #[tokio::test(start_paused = true)]
 async fn an_operator_force_beats_a_drill_and_an_endpoint_lift_stops_the_drill() {
     let dir = tempfile::tempdir().unwrap();
-    let s = start(&embedded_config(dir.path())).await;
+    let s = start(&config(dir.path()), paused_clock()).await;
     let c = &s.control;
     let before = answer(c);
     assert!(before.contains("198.51.100.10"), "{before}");

@@ -7,6 +7,8 @@
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
+pub mod embedded;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
