@@ -5,8 +5,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -81,37 +81,8 @@ fn answer_do(bytes: &[u8]) -> Option<bool> {
     m.edns.as_ref().map(|e| e.flags().dnssec_ok)
 }
 
-/// A minimal HTTP/1.1 GET: (status, body).
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn json_body(body: &str) -> serde_json::Value {
-    let start = body.find('{').unwrap_or(0);
-    let end = body.rfind('}').map_or(body.len(), |e| e + 1);
-    serde_json::from_str(&body[start..end]).unwrap_or_else(|e| panic!("{e}: {body}"))
-}
-
 fn cache_hits(s: &Server) -> u64 {
-    let (_, body) = http_get(s.admin.expect("admin API"), "/metrics");
+    let (_, body) = http(s.admin.expect("admin API"), "GET", "/metrics", None, None);
     body.lines()
         .find_map(|l| l.strip_prefix("geosteer_answer_cache_hits_total "))
         .and_then(|v| v.trim().parse().ok())
@@ -558,9 +529,12 @@ fn an_unlocated_ecs_subnet_is_placed_at_a_located_resolver() {
     assert!(w.contains("located   by ecs 216.160.83.0"), "{w}");
 
     // The admin API: text and JSON.
-    let (code, body) = http_get(
+    let (code, body) = http(
         s.admin.unwrap(),
+        "GET",
         &format!("/api/explain?name=order.t.test&ecs={UNLOCATED}"),
+        None,
+        None,
     );
     assert_eq!(code, 200, "{body}");
     let v = json_body(&body);
@@ -625,9 +599,12 @@ fn with_no_location_at_all_the_profile_order_decides() {
         "{w}"
     );
 
-    let (code, body) = http_get(
+    let (code, body) = http(
         s.admin.unwrap(),
+        "GET",
         &format!("/api/explain?name=order.t.test&ecs={UNLOCATED}"),
+        None,
+        None,
     );
     assert_eq!(code, 200, "{body}");
     let v = json_body(&body);

@@ -5,8 +5,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -24,35 +24,6 @@ const NUREMBERG: &str = "+subnet=2a01:4f8::/48";
 // ---------------------------------------------------------------------------------------------
 // The real binary
 // ---------------------------------------------------------------------------------------------
-
-/// A minimal HTTP/1.1 GET: (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    (code, body)
-}
-
-fn json_body(body: &str) -> serde_json::Value {
-    let start = body.find(['{', '[']).unwrap_or(0);
-    let end = body.rfind(['}', ']']).map_or(body.len(), |e| e + 1);
-    serde_json::from_str(&body[start..end]).unwrap_or_else(|e| panic!("{e}: {body}"))
-}
 
 fn geosteer(s: &Server, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin())
@@ -279,7 +250,7 @@ fn fail_open_is_logged_once_counted_short_lived_and_shown() {
         let ttl: u32 = rr.split(' ').nth(1).unwrap().parse().unwrap();
         assert!(ttl <= 5, "fail-open answers carry the short TTL: {rr}");
     }
-    let (_, metrics) = get(api, "/metrics");
+    let (_, metrics) = http(api, "GET", "/metrics", None, None);
     assert!(
         metrics.contains("geosteer_profile_failed_open{profile=\"mqtt.f.test.\"} 1"),
         "{metrics}"
@@ -288,7 +259,7 @@ fn fail_open_is_logged_once_counted_short_lived_and_shown() {
         metrics.contains("geosteer_fail_open_transitions_total 1"),
         "{metrics}"
     );
-    let (code, body) = get(api, "/api/map?profile=mqtt.f.test");
+    let (code, body) = http(api, "GET", "/api/map?profile=mqtt.f.test", None, None);
     assert_eq!(code, 200, "{body}");
     let map = json_body(&body);
     assert_eq!(map["failed_open"], true, "{map}");
@@ -297,7 +268,13 @@ fn fail_open_is_logged_once_counted_short_lived_and_shown() {
         assert_eq!(ep["served"], true, "{ep}");
         assert_eq!(ep["fail_open"], true, "{ep}");
     }
-    let (_, body) = get(api, "/api/explain?name=mqtt.f.test&ecs=81.2.69.0/24");
+    let (_, body) = http(
+        api,
+        "GET",
+        "/api/explain?name=mqtt.f.test&ecs=81.2.69.0/24",
+        None,
+        None,
+    );
     let text = json_body(&body)["text"].as_str().unwrap().to_string();
     assert!(text.contains("decision: fail-open"), "{text}");
 
@@ -313,7 +290,7 @@ fn fail_open_is_logged_once_counted_short_lived_and_shown() {
     for _ in 0..5 {
         s.dig(&["mqtt.f.test", "A", LONDON]);
     }
-    let (_, metrics) = get(api, "/metrics");
+    let (_, metrics) = http(api, "GET", "/metrics", None, None);
     assert!(
         metrics.contains("geosteer_profile_failed_open{profile=\"mqtt.f.test.\"} 0"),
         "{metrics}"
