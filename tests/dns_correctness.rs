@@ -385,39 +385,15 @@ fn databases_without_loopback(dir: &Path) -> (PathBuf, PathBuf) {
         .map(|l| format!("{l}\n"))
         .collect();
     assert!(kept.len() < csv.len(), "the loopback lines were found");
-    let input = dir.join("networks.csv");
-    std::fs::write(&input, kept).unwrap();
-    let out = Command::new(mkgeo())
-        .arg("--input")
-        .arg(&input)
-        .arg("--out-dir")
-        .arg(dir)
-        .output()
-        .expect("run geosteer-mkgeo");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let db = geosteer_mkgeo::generate(&kept, "networks without loopback")
+        .expect("the sample CSV minus two lines compiles");
+    let (city, asn) = (
+        dir.join(geosteer_mkgeo::CITY_FILE),
+        dir.join(geosteer_mkgeo::ASN_FILE),
     );
-    (dir.join("sample-city.mmdb"), dir.join("sample-asn.mmdb"))
-}
-
-/// The `geosteer-mkgeo` binary of this build (a workspace member of its own, so it has no
-/// `CARGO_BIN_EXE_` here): beside the test executable's `deps/` directory. The README's test
-/// command (`--workspace`) builds it.
-fn mkgeo() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let bin = dir.join("geosteer-mkgeo");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p geosteer-mkgeo` first)",
-        bin.display()
-    );
-    bin
+    std::fs::write(&city, db.city).unwrap();
+    std::fs::write(&asn, db.asn).unwrap();
+    (city, asn)
 }
 
 /// `_why` TXT lines for `ecs` (dig's quoted strings, unquoted).
