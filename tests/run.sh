@@ -28,6 +28,8 @@ command -v unbound   >/dev/null 2>&1 || [ -x /usr/sbin/unbound ] || need+=(unbou
 command -v promtool  >/dev/null 2>&1 || need+=(prometheus)
 command -v pip       >/dev/null 2>&1 || command -v pip3 >/dev/null 2>&1 || need+=(python3-pip)
 command -v npm       >/dev/null 2>&1 || need+=(npm)
+command -v etcd      >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl   >/dev/null 2>&1 || need+=(etcd-client)
 if ((${#need[@]})); then
   echo "tests/run.sh: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -8,6 +8,7 @@
 #![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
 pub mod embedded;
+pub mod etcd;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
