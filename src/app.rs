@@ -155,6 +155,16 @@ pub async fn run(
         persisted,
         clock,
     );
+    if let Some(settings) = control.config.load().cluster.clone() {
+        // Fleet mode: read the fleet's forced states and drills before serving (within
+        // start_timeout; past it the state file's last state serves and the link reconciles
+        // in the background). DNS answers never wait on etcd after this point.
+        let fleet = crate::ops::fleet::Fleet::new(settings, clock)
+            .map_err(|e| anyhow::anyhow!("[cluster]: {e}"))?;
+        control.attach_fleet(fleet.clone());
+        fleet.initial_sync(&control).await;
+        fleet.spawn(control.clone(), stop.clone(), &tracker);
+    }
     control.resume_drills().await;
     {
         let (control, stop) = (control.clone(), stop.clone());

@@ -204,6 +204,69 @@ pub fn drill_status(t: &ApiTarget) -> Result<String, String> {
     Ok(drills.iter().map(ToString::to_string).collect())
 }
 
+/// `geosteer fleet`: one line per live instance, then skew and disagreements.
+pub fn fleet(t: &ApiTarget) -> Result<String, String> {
+    use std::fmt::Write;
+    let v = t.call("GET", "/api/fleet", None)?;
+    let f: crate::ops::fleet::FleetView = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "fleet {} via {}: {} (state confirmed {} ago, revision {}); asked: {}",
+        f.prefix,
+        f.endpoint,
+        if f.connected {
+            "connected"
+        } else {
+            "DISCONNECTED from etcd — serving the last state seen, changes are refused"
+        },
+        if f.state_age_s < 0.0 {
+            "never".to_string()
+        } else {
+            format!("{:.1}s", f.state_age_s)
+        },
+        f.revision,
+        f.instance
+    );
+    let _ = writeln!(
+        o,
+        "{:<32} {:<9} {:<18} {:>6} {:>10}",
+        "INSTANCE", "VERSION", "CONFIG", "GEN", "HEARTBEAT"
+    );
+    for i in &f.instances {
+        let _ = writeln!(
+            o,
+            "{:<32} {:<9} {:<18} {:>6} {:>9.1}s{}{}",
+            i.info.instance,
+            i.info.version,
+            i.info.config_digest,
+            i.info.generation,
+            i.heartbeat_age_s,
+            if i.config_skew { "  CONFIG SKEW" } else { "" },
+            if i.this { "  (this)" } else { "" }
+        );
+    }
+    if f.config_skew {
+        let _ = writeln!(
+            o,
+            "configuration skew: live instances run different configurations (see CONFIG)"
+        );
+    }
+    if f.disagreements.is_empty() {
+        let _ = writeln!(
+            o,
+            "all live instances give the same answers for the sample subnets"
+        );
+    }
+    for d in &f.disagreements {
+        let _ = writeln!(o, "DISAGREE {} for {}:", d.profile, d.subnet);
+        for (answer, who) in &d.answers {
+            let _ = writeln!(o, "  {answer:<40} {}", who.join(", "));
+        }
+    }
+    Ok(o)
+}
+
 /// `geosteer drill stop`.
 pub fn drill_stop(t: &ApiTarget, id: Option<&str>) -> Result<String, String> {
     let v = t.call("POST", "/api/drills/stop", Some(json!({ "id": id })))?;

@@ -29,6 +29,7 @@
 pub mod app;
 pub mod base;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod explain;

@@ -61,6 +61,12 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// The fleet (with [cluster]): instances, versions, configuration digests, heartbeats,
+    /// what each serves for the sample subnets, and disagreements.
+    Fleet {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Ask a running geosteer to reload its configuration (like SIGHUP).
     Reload {
         /// Apply the reload even if it removes every zone or every traffic profile served now
@@ -326,6 +332,7 @@ fn main() -> ExitCode {
             }
             api_call(api, |t| cli::force(t, body))
         }
+        Command::Fleet { api } => api_call(api, cli::fleet),
         Command::Reload { allow_removal, api } => api_call(api, |t| cli::reload(t, allow_removal)),
         Command::Serve { config } => {
             let loaded = match app::load(config.as_deref()) {

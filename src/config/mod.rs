@@ -8,6 +8,8 @@
 //! The file at the repository root, `geosteer.toml`, is compiled into the binary and used when
 //! no `--config` is given, so a fresh clone runs with `cargo run --release -- serve`.
 
+mod cluster;
+
 use std::net::SocketAddr;
 
 pub use crate::base::line_of_offset;
@@ -68,6 +70,9 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     rrl: RawRrl,
+    /// Absent = standalone (the state file is the control state).
+    #[serde(default)]
+    cluster: Option<cluster::RawCluster>,
 }
 
 /// `[rrl]`: response rate limiting.
@@ -386,6 +391,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// Response rate limiting (`responses_per_second` 0 = off).
     pub rrl: RrlConfig,
+    /// `[cluster]`: the fleet's etcd; `None` = standalone.
+    pub cluster: Option<crate::cluster::Settings>,
 }
 
 impl Config {
@@ -703,6 +710,16 @@ impl Config {
                 "must be between 0 and 1",
             ));
         }
+        let cluster = match raw.cluster {
+            Some(c) => match cluster::validate(c, file, base, &at) {
+                Ok(settings) => Some(settings),
+                Err(e) => {
+                    errors.extend(e);
+                    None
+                }
+            },
+            None => None,
+        };
         if !errors.is_empty() {
             return Err(ConfigErrors(errors).in_file_order());
         }
@@ -799,6 +816,7 @@ impl Config {
                 exempt: raw.rrl.exempt.clone(),
             },
             warnings,
+            cluster,
             run_token_file: None,
             files: if file.to_str() == Some(EMBEDDED_NAME) {
                 Vec::new()

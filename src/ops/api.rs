@@ -129,6 +129,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/api/force", post(force))
         .route("/api/reload", post(reload))
         .route("/api/drills", get(drills).post(start_drill))
+        .route("/api/fleet", get(fleet))
         .route("/api/drills/stop", post(stop_drills))
         .route_layer(middleware::from_fn_with_state(
             admin.clone(),
@@ -499,7 +500,10 @@ async fn readyz(AxState(c): AxState<Shared>) -> Response {
 }
 
 async fn metrics(AxState(c): AxState<Shared>) -> Response {
-    let body = c.metrics.render(&c.state.load(), &c.health.load());
+    let mut body = c.metrics.render(&c.state.load(), &c.health.load());
+    if let Some(f) = c.fleet() {
+        f.render_metrics(&mut body);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -941,7 +945,20 @@ async fn reload(
 }
 
 async fn drills(AxState(c): AxState<Shared>) -> Response {
-    Json(c.drills()).into_response()
+    Json(c.drills_view()).into_response()
+}
+
+/// The fleet: instances, their configuration digests and sample answers, and this instance's
+/// link to etcd. Standalone: 404 with words (there is no fleet to show).
+async fn fleet(AxState(c): AxState<Shared>) -> Response {
+    match c.fleet() {
+        Some(f) => Json(f.view()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "ok": false, "error": "standalone: no [cluster] configured, so there is no fleet" })),
+        )
+            .into_response(),
+    }
 }
 
 async fn start_drill(
@@ -987,7 +1004,7 @@ async fn stop_drills(
             Err(resp) => return *resp,
         }
     };
-    match c.stop_drills(req.id.as_deref()) {
+    match c.stop_drills(req.id.as_deref()).await {
         Ok(n) => Json(json!({ "stopped": n })).into_response(),
         Err(e) => control_error(&e),
     }

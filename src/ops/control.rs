@@ -123,9 +123,20 @@ pub struct Control {
     /// Last reload outcome.
     pub reload_status: Mutex<ReloadStatus>,
     drill_stops: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Fleet mode: the link to etcd, where forced states and drills live (`None` = standalone:
+    /// the state file is the store).
+    fleet: std::sync::OnceLock<Arc<super::fleet::Fleet>>,
     /// Wall time (expiry of forces and drills, status times): injected, so drills run under
     /// paused tokio time in tests.
     clock: Clock,
+}
+
+/// Milliseconds since the epoch by `clock`.
+fn started_ms(clock: &Clock) -> u64 {
+    clock
+        .now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Parses "10m", "90s", "1h30m".
@@ -167,7 +178,95 @@ impl Control {
                 error: None,
             }),
             drill_stops: Mutex::new(HashMap::new()),
+            fleet: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes this a fleet member: forced states and drills are stored in etcd from now on.
+    pub fn attach_fleet(&self, fleet: Arc<super::fleet::Fleet>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// The fleet link, in fleet mode.
+    pub fn fleet(&self) -> Option<&Arc<super::fleet::Fleet>> {
+        self.fleet.get()
+    }
+
+    /// Configuration generation (1 = as started; +1 per successful reload).
+    pub fn generation(&self) -> u64 {
+        self.reload_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+    }
+
+    /// What this instance answers now for each profile and sample subnet
+    /// (`[admin] drill_samples`): the fleet compares these between instances. Weighted
+    /// profiles are left out: their answers are random by design, so two instances differing
+    /// there says nothing.
+    pub fn sample_answers(&self) -> Vec<super::fleet::Served> {
+        let samples = self.config.load().drill_samples.clone();
+        let state = self.state.load();
+        let mut out = Vec::new();
+        for p in state
+            .routing
+            .profiles
+            .iter()
+            .filter(|p| p.method != crate::routing::Method::Weighted)
+        {
+            let owner = p.owner.to_string();
+            for s in &samples {
+                out.push(super::fleet::Served {
+                    profile: owner.clone(),
+                    subnet: s.to_string(),
+                    answer: drill::resolve(&self.handler, &owner, s),
+                });
+            }
+        }
+        out
+    }
+
+    /// Drill records with, in fleet mode, every instance's rows.
+    pub fn drills_view(&self) -> Vec<DrillRecord> {
+        let mut drills = self.drills();
+        if let Some(f) = self.fleet() {
+            for d in drills.iter_mut().filter(|d| !d.dry_run) {
+                d.fleet = Some(f.drill_rows(d));
+            }
+        }
+        drills
+    }
+
+    /// Fleet mode: the forced states and drills etcd holds now replace the local ones (a
+    /// peer's change, or the state read at start-up or after an outage). Drills that stopped
+    /// elsewhere wake their local finisher; the state file keeps the last state seen, for a
+    /// start while etcd is unreachable.
+    pub async fn apply_fleet_state(&self, fleet_state: Persisted) {
+        let _serial = self.save_lock.lock().await;
+        let not_running: Vec<String> = fleet_state
+            .drills
+            .iter()
+            .filter(|d| d.status != DrillStatus::Running)
+            .map(|d| d.id.clone())
+            .collect();
+        let forced = {
+            let mut p = self.persisted();
+            *p = fleet_state;
+            p.prune(self.clock.unix_secs());
+            p.forced.clone()
+        };
+        self.prober.set_forced(forced).await;
+        {
+            let stops = self.drill_stops.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &not_running {
+                if let Some(n) = stops.get(id) {
+                    n.notify_one();
+                }
+            }
+        }
+        if let Err(e) = self.save_file().await {
+            warn!(error = %e, "fleet: the last state seen is not kept in the state file");
+        }
     }
 
     fn persisted(&self) -> std::sync::MutexGuard<'_, Persisted> {
@@ -187,24 +286,50 @@ impl Control {
         self.persisted().drills.clone()
     }
 
-    /// Writes the state file (off the runtime) and hands the forced states to the prober.
-    /// Used by drills, which are verified live: a write error is logged, the drill goes on.
-    async fn commit(&self) {
+    /// Changes the persisted state with `change`, stores it (state file, or etcd in fleet
+    /// mode) and hands the forced states to the prober — all under the save lock, so a fleet
+    /// update never lands between a change and its store. Used by drills: standalone, a
+    /// state-file error is logged and the drill goes on (it is verified live); in fleet mode
+    /// the error is returned, since a change etcd did not take would be one NS's alone.
+    async fn commit_with(&self, change: impl FnOnce(&mut Persisted)) -> Result<(), String> {
         let _serial = self.save_lock.lock().await;
+        change(&mut self.persisted());
+        let stored = self.save().await;
         let forced = {
             let mut p = self.persisted();
             p.prune(self.clock.unix_secs());
             p.forced.clone()
         };
         self.prober.set_forced(forced).await;
-        if let Err(e) = self.save().await {
-            error!(error = %e, "forced states will not survive a restart");
+        match stored {
+            Err(e) if self.fleet().is_none() => {
+                error!(error = %e, "forced states will not survive a restart");
+                Ok(())
+            }
+            other => other,
         }
     }
 
-    /// Writes the current persisted state to the state file (off the runtime). The caller
-    /// holds `save_lock`.
+    /// Stores the current persisted state: in etcd in fleet mode (and then in the state file,
+    /// as the last state seen), else in the state file. The caller holds `save_lock`.
     async fn save(&self) -> Result<(), String> {
+        if let Some(fleet) = self.fleet() {
+            let snapshot = {
+                let mut p = self.persisted();
+                p.prune(self.clock.unix_secs());
+                p.clone()
+            };
+            fleet.store(&snapshot).await?;
+            if let Err(e) = self.save_file().await {
+                warn!(error = %e, "fleet: the last state seen is not kept in the state file");
+            }
+            return Ok(());
+        }
+        self.save_file().await
+    }
+
+    /// Writes the current persisted state to the state file (off the runtime).
+    async fn save_file(&self) -> Result<(), String> {
         let (snapshot, path) = {
             let mut p = self.persisted();
             p.prune(self.clock.unix_secs());
@@ -525,9 +650,13 @@ impl Control {
                 p.forced.extend(replaced);
             }
             error!(?target, ?action, error = %e, "forced state not changed");
-            return Err(ControlError::NotSaved(format!(
-                "{e}; the forced state was not changed (it could not be kept across a restart)"
-            )));
+            return Err(if self.fleet().is_some() {
+                ControlError::NotReady(format!("{e}; the forced state was not changed"))
+            } else {
+                ControlError::NotSaved(format!(
+                    "{e}; the forced state was not changed (it could not be kept across a restart)"
+                ))
+            });
         }
         let forced = self.forced();
         self.prober.set_forced(forced.clone()).await;
@@ -657,13 +786,19 @@ impl Control {
             ));
         }
         let started = self.clock.unix_secs();
-        let id = format!(
-            "d{}",
-            self.clock
-                .now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis())
-        );
+        // `d<start ms>`, made unique among the records kept (two drills can start within
+        // one millisecond, or at one instant of an injected clock).
+        let id = {
+            let base = format!("d{}", started_ms(&self.clock));
+            let taken = self.drills();
+            let mut id = base.clone();
+            let mut n = 1;
+            while taken.iter().any(|d| d.id == id) {
+                n += 1;
+                id = format!("{base}-{n}");
+            }
+            id
+        };
         let predictor = self.predicted_handler(&key, &req.scope);
         let mut results: Vec<SampleResult> = samples
             .iter()
@@ -690,6 +825,9 @@ impl Control {
             scope: req.scope.clone(),
             dry_run: req.dry_run,
             started_unix: started,
+            started_ms: started_ms(&self.clock),
+            ended_ms: None,
+            by: self.fleet().map(|f| f.instance().to_string()),
             until_unix: started + duration.as_secs().max(1),
             status: if req.dry_run {
                 DrillStatus::DryRun
@@ -699,30 +837,48 @@ impl Control {
             samples: Vec::new(),
             verified_move: None,
             verified_back: None,
+            fleet: None,
         };
         if req.dry_run {
             record.samples = results;
-            self.persisted().drills.push(record.clone());
-            self.commit().await;
+            let stored = record.clone();
+            self.commit_with(|p| p.drills.push(stored))
+                .await
+                .map_err(|e| self.not_stored(e))?;
             return Ok(record);
         }
-        // Force it down, then watch the answers move.
+        // Force it down — the record (with the answers before and the predictions, which every
+        // fleet instance verifies against) goes with the force — then watch the answers move.
+        record.samples = results.clone();
+        let force = ForceEntry {
+            target: ForceTarget::Endpoint(key.clone()),
+            force: Force {
+                action: ForceAction::Down,
+                scope: req.scope.clone(),
+                reason: format!("drill {id}"),
+                until: Some(record.until_unix),
+            },
+            drill: Some(id.clone()),
+        };
+        let stored = record.clone();
+        let forced_at = tokio::time::Instant::now();
+        if let Err(e) = self
+            .commit_with(|p| {
+                p.forced.push(force);
+                p.drills.push(stored);
+            })
+            .await
         {
-            let mut p = self.persisted();
-            p.forced.push(ForceEntry {
-                target: ForceTarget::Endpoint(key.clone()),
-                force: Force {
-                    action: ForceAction::Down,
-                    scope: req.scope.clone(),
-                    reason: format!("drill {id}"),
-                    until: Some(record.until_unix),
-                },
-                drill: Some(id.clone()),
-            });
+            // Not in etcd: take it back here too (it never reached the other instances).
+            let _ = self
+                .commit_with_local(|p| {
+                    p.forced.retain(|f| f.drill.as_deref() != Some(id.as_str()));
+                    p.drills.retain(|d| d.id != id);
+                })
+                .await;
+            return Err(self.not_stored(e));
         }
         info!(drill = %id, endpoint = %key, ?duration, "drill started");
-        let forced_at = tokio::time::Instant::now();
-        self.commit().await;
         self.watch(&profile, &mut results, forced_at, true).await;
         // Verified only if something was expected to move and did (and nothing else did): a
         // drill whose samples all stay put proves nothing about failover, so it must not say
@@ -735,10 +891,41 @@ impl Control {
                 }),
         );
         record.samples = results;
-        self.upsert_drill(record.clone());
-        self.commit().await;
+        // Stopped meanwhile (a lift or a stop from another instance): keep that status.
+        let (verified_move, samples) = (record.verified_move, record.samples.clone());
+        let _ = self
+            .commit_with(|p| {
+                if let Some(d) = p.drills.iter_mut().find(|d| d.id == id) {
+                    d.verified_move = verified_move;
+                    d.samples = samples;
+                }
+            })
+            .await;
+        if let Some(d) = self.drills().into_iter().find(|d| d.id == record.id) {
+            record = d;
+        }
         self.spawn_finisher(id);
         Ok(record)
+    }
+
+    /// The error for a change the store did not take: in fleet mode, etcd unreachable (503,
+    /// retry later); standalone, the state file (500).
+    fn not_stored(&self, e: String) -> ControlError {
+        if self.fleet().is_some() {
+            ControlError::NotReady(e)
+        } else {
+            ControlError::NotSaved(e)
+        }
+    }
+
+    /// Like [`Self::commit_with`] but only here (no store): rolling back what the store
+    /// refused.
+    async fn commit_with_local(&self, change: impl FnOnce(&mut Persisted)) -> Result<(), String> {
+        let _serial = self.save_lock.lock().await;
+        change(&mut self.persisted());
+        let forced = self.forced();
+        self.prober.set_forced(forced).await;
+        Ok(())
     }
 
     /// Polls the samples until each shows its expected state. `moving`: waiting for the drill
@@ -783,14 +970,6 @@ impl Control {
         }
     }
 
-    fn upsert_drill(&self, record: DrillRecord) {
-        let mut p = self.persisted();
-        match p.drills.iter_mut().find(|d| d.id == record.id) {
-            Some(d) => *d = record,
-            None => p.drills.push(record),
-        }
-    }
-
     /// Starts the task that ends drill `id` at expiry or on `drill stop`.
     fn spawn_finisher(self: &Arc<Self>, id: String) {
         let stop = Arc::new(Notify::new());
@@ -812,83 +991,118 @@ impl Control {
             _ = tokio::time::sleep(Duration::from_secs(left)) => false,
             _ = stop.notified() => true,
         };
-        self.persisted()
-            .forced
-            .retain(|f| f.drill.as_deref() != Some(id.as_str()));
         let lifted_at = tokio::time::Instant::now();
-        self.commit().await;
-        let mut record = record;
+        let now_ms = started_ms(&self.clock);
+        let _ = self
+            .commit_with(|p| {
+                p.forced.retain(|f| f.drill.as_deref() != Some(id.as_str()));
+                if let Some(d) = p.drills.iter_mut().find(|d| d.id == id) {
+                    d.ended_ms
+                        .get_or_insert(if stopped { now_ms } else { d.until_unix * 1000 });
+                }
+            })
+            .await;
         let mut samples = record.samples.clone();
         self.watch(&record.profile, &mut samples, lifted_at, false)
             .await;
-        record.verified_back = Some(
-            samples
-                .iter()
-                .all(|s| s.after.as_deref() == Some(s.before.as_str())),
-        );
-        record.samples = samples;
-        record.status = if stopped {
-            DrillStatus::Stopped
-        } else {
-            DrillStatus::Done
-        };
-        info!(drill = %id, status = ?record.status, verified_back = ?record.verified_back, "drill ended");
-        self.upsert_drill(record);
+        let verified_back = samples
+            .iter()
+            .all(|s| s.after.as_deref() == Some(s.before.as_str()));
+        let mut status = DrillStatus::Done;
+        let _ = self
+            .commit_with(|p| {
+                if let Some(d) = p.drills.iter_mut().find(|d| d.id == id) {
+                    d.verified_back = Some(verified_back);
+                    d.samples = samples;
+                    d.status = if stopped || d.status == DrillStatus::Stopped {
+                        DrillStatus::Stopped
+                    } else {
+                        DrillStatus::Done
+                    };
+                    status = d.status;
+                }
+            })
+            .await;
+        info!(drill = %id, ?status, verified_back, "drill ended");
         self.drill_stops
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
-        self.commit().await;
     }
 
-    /// Stops running drills (all, or one by id). Returns how many were signalled; an id that
-    /// names no running drill is an error (a typo must not look like a stopped drill).
-    pub fn stop_drills(&self, id: Option<&str>) -> Result<usize, ControlError> {
+    /// Stops running drills (all, or one by id): each is recorded as stopped and its force
+    /// lifted (in fleet mode in etcd, so every instance reverts, whichever started it); the
+    /// local finisher verifies the revert. Returns how many were stopped; an id that names no
+    /// running drill is an error (a typo must not look like a stopped drill).
+    pub async fn stop_drills(&self, id: Option<&str>) -> Result<usize, ControlError> {
+        let running: Vec<String> = self
+            .drills()
+            .into_iter()
+            .filter(|d| d.status == DrillStatus::Running && id.is_none_or(|i| i == d.id))
+            .map(|d| d.id)
+            .collect();
+        if let Some(i) = id
+            && running.is_empty()
+        {
+            let known = self.drills().iter().any(|d| d.id == i);
+            return Err(ControlError::NotFound(if known {
+                format!("drill {i} is not running")
+            } else {
+                format!("no drill {i:?} (see `geosteer drill status`)")
+            }));
+        }
+        if running.is_empty() {
+            return Ok(0);
+        }
+        let now_ms = started_ms(&self.clock);
+        self.commit_with(|p| {
+            p.forced
+                .retain(|f| f.drill.as_ref().is_none_or(|d| !running.contains(d)));
+            for d in p.drills.iter_mut().filter(|d| running.contains(&d.id)) {
+                d.status = DrillStatus::Stopped;
+                d.ended_ms.get_or_insert(now_ms);
+            }
+        })
+        .await
+        .map_err(|e| self.not_stored(e))?;
         let stops = self.drill_stops.lock().unwrap_or_else(|e| e.into_inner());
-        let mut n = 0;
-        for (k, notify) in stops.iter() {
-            if id.is_none_or(|i| i == k) {
-                notify.notify_one();
-                n += 1;
+        for i in &running {
+            if let Some(n) = stops.get(i) {
+                n.notify_one();
             }
         }
-        match id {
-            Some(i) if n == 0 => {
-                let known = self.drills().iter().any(|d| d.id == i);
-                Err(ControlError::NotFound(if known {
-                    format!("drill {i} is not running")
-                } else {
-                    format!("no drill {i:?} (see `geosteer drill status`)")
-                }))
-            }
-            _ => Ok(n),
-        }
+        Ok(running.len())
     }
 
-    /// After a restart: drills that expired while down are marked, running ones resume their
-    /// wait for expiry (their force entries were restored from the state file).
+    /// After a restart (standalone): drills that expired while down are marked, running ones
+    /// resume their wait for expiry (their force entries were restored from the state file).
+    /// In fleet mode every instance verifies every drill and expired ones are finished in etcd
+    /// (`ops::fleet`), so there is nothing to resume here.
     pub async fn resume_drills(self: &Arc<Self>) {
+        if self.fleet().is_some() {
+            return;
+        }
         let now = self.clock.unix_secs();
         let mut resumed = Vec::new();
-        {
-            let mut p = self.persisted();
-            for d in p
-                .drills
-                .iter_mut()
-                .filter(|d| d.status == DrillStatus::Running)
-            {
-                if d.until_unix <= now {
-                    d.status = DrillStatus::Expired;
-                } else {
-                    resumed.push(d.id.clone());
+        let _ = self
+            .commit_with(|p| {
+                for d in p
+                    .drills
+                    .iter_mut()
+                    .filter(|d| d.status == DrillStatus::Running)
+                {
+                    if d.until_unix <= now {
+                        d.status = DrillStatus::Expired;
+                    } else {
+                        resumed.push(d.id.clone());
+                    }
                 }
-            }
-        }
+            })
+            .await;
         for id in resumed {
             info!(drill = %id, "resuming drill after restart");
             self.spawn_finisher(id);
         }
-        self.commit().await;
     }
 }
 

@@ -91,6 +91,15 @@ pub struct DrillRecord {
     pub dry_run: bool,
     /// Unix start time.
     pub started_unix: u64,
+    /// Start time, ms since the epoch (fleet instances measure their time to move from it).
+    #[serde(default)]
+    pub started_ms: u64,
+    /// When it ended (stop, or expiry as finished), ms since the epoch.
+    #[serde(default)]
+    pub ended_ms: Option<u64>,
+    /// The instance that started it (fleet mode).
+    #[serde(default)]
+    pub by: Option<String>,
     /// Unix expiry.
     pub until_unix: u64,
     /// Status.
@@ -102,6 +111,9 @@ pub struct DrillRecord {
     pub verified_move: Option<bool>,
     /// Every sample is back to its old answer.
     pub verified_back: Option<bool>,
+    /// Fleet mode: what every instance saw (filled in when read, never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<super::fleet::FleetDrill>,
 }
 
 impl DrillRecord {
@@ -174,6 +186,47 @@ impl std::fmt::Display for DrillRecord {
         }
         if let Some(v) = self.verified_back {
             writeln!(f, "  revert verified: {}", if v { "yes" } else { "NO" })?;
+        }
+        if let Some(fleet) = &self.fleet {
+            writeln!(
+                f,
+                "  fleet: {:<30} {:<8} {:>9} {:<8} {:>9}",
+                "instance", "moved", "after", "back", "after"
+            )?;
+            let yes_no = |v: Option<bool>| match v {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            };
+            let ms = |v: Option<u64>| v.map_or("-".to_string(), |m| format!("{m} ms"));
+            for r in &fleet.rows {
+                writeln!(
+                    f,
+                    "         {:<30} {:<8} {:>9} {:<8} {:>9}",
+                    r.instance,
+                    yes_no(r.moved),
+                    ms(r.moved_ms),
+                    yes_no(r.back),
+                    ms(r.back_ms)
+                )?;
+            }
+            for m in &fleet.missing {
+                writeln!(f, "         {m:<30} (no result yet)")?;
+            }
+            writeln!(
+                f,
+                "  fleet move verified: {}; fleet revert verified: {}",
+                if fleet.verified_move {
+                    "yes (every live instance moved)"
+                } else {
+                    "NO"
+                },
+                if fleet.verified_back {
+                    "yes"
+                } else {
+                    "not yet / NO"
+                }
+            )?;
         }
         Ok(())
     }

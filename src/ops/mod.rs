@@ -8,6 +8,7 @@
 pub mod api;
 pub mod control;
 pub mod drill;
+pub mod fleet;
 
 pub mod reload;
 pub mod runtoken;

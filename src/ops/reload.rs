@@ -16,7 +16,9 @@ use crate::config::Config;
 
 type Fingerprint = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
 
-fn watched(config: &Config) -> Vec<PathBuf> {
+/// Every file a configuration is built from (what reloads watch, and what the fleet's
+/// configuration digest covers). Blocking: lists the zones directory.
+pub fn watched(config: &Config) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = config.files.clone();
     files.push(config.zones_dir.clone());
     if let Ok(entries) = std::fs::read_dir(&config.zones_dir) {

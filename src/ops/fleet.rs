@@ -1,0 +1,1132 @@
+//! The fleet: one control state for every geosteer instance, kept in etcd.
+//!
+//! Key layout under the prefix `P` (default `/geosteer/`), every value a JSON [`Stamped`]
+//! (who wrote it, when, and the value):
+//! - `P/force/<id>` — a forced state ([`ForceEntry`]); `<id>` names its target
+//!   (`e:<endpoint key>`, `r:<region>`) or its drill (`d:<drill id>`).
+//! - `P/drill/<id>` — a drill record ([`DrillRecord`]).
+//! - `P/result/<drill id>/<instance>` — what one instance saw of a drill ([`InstanceResult`]).
+//! - `P/instance/<name>` — an instance's registration and heartbeat ([`InstanceInfo`]),
+//!   attached to its lease: an instance that stops heartbeating disappears by itself.
+//!
+//! Every instance mirrors the whole prefix (one range read, then a watch), rebuilds its forced
+//! states and drills from the mirror on every change, and hands them to its prober — the same
+//! path a local `force` takes, so a peer's change is served within the watch latency plus one
+//! snapshot publish. Writes (`force`, `drill start|stop`) go to etcd first and take effect
+//! locally only once etcd has them: a change etcd has not accepted is refused, never kept on
+//! one NS alone.
+//!
+//! Static stability: the DNS path never waits on any of this. It reads the snapshots the
+//! control plane publishes; if etcd is unreachable or has lost quorum, the last state seen
+//! keeps serving (and is kept in the state file, so a restart during an etcd outage serves it
+//! too); when etcd is back the mirror is read again in full and the fleet reconciles.
+//!
+//! Expiry does not depend on the instance that started a drill or a timed force: every
+//! instance drops a force at its `until` by its own clock (the prober does), and every instance
+//! finishes, in etcd, a drill whose starter did not (compare-and-swap, so one of them does it).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::control::Control;
+use super::drill::{self, DrillRecord, DrillStatus};
+use super::store::Persisted;
+use crate::base::{Clock, Counter};
+use crate::cluster::Settings;
+use crate::cluster::etcd::{self, Compare, Event, Kv, Op};
+use crate::health::{ForceEntry, ForceTarget};
+
+/// How long an instance gives a drill's starter, past the drill's expiry, to finish it before
+/// finishing it itself in etcd.
+const STARTER_GRACE: Duration = Duration::from_secs(2);
+/// Poll interval while an instance verifies a drill through its own handler.
+const VERIFY_EVERY: Duration = Duration::from_millis(20);
+/// How long an instance waits for a drill's move, or its revert, before reporting failure.
+const VERIFY_WITHIN: Duration = Duration::from_secs(15);
+
+/// A value as stored: who wrote it and when (milliseconds since the epoch, the writer's clock:
+/// the watch lag is measured against it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stamped<T> {
+    /// Instance that wrote it.
+    pub by: String,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The value.
+    pub value: T,
+}
+
+/// What one instance saw of a drill, verified through its own request handler.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct InstanceResult {
+    /// The instance.
+    pub instance: String,
+    /// Every sample expected to move did, on this instance (`None`: not known yet).
+    pub moved: Option<bool>,
+    /// From the drill's start to this instance serving the last moved answer, ms.
+    pub moved_ms: Option<u64>,
+    /// Every sample is back to its answer before the drill.
+    pub back: Option<bool>,
+    /// From the drill's end (expiry or stop) to this instance serving the old answers, ms.
+    pub back_ms: Option<u64>,
+    /// Answers during the drill, per sample (the drill record's order).
+    pub during: Vec<String>,
+    /// Answers after the drill.
+    pub after: Vec<String>,
+}
+
+/// One profile's answer for one sample subnet, as an instance serves it now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Served {
+    /// Profile owner name.
+    pub profile: String,
+    /// Sample client subnet.
+    pub subnet: String,
+    /// The answer.
+    pub answer: String,
+}
+
+/// An instance's registration, rewritten every heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// Instance name.
+    pub instance: String,
+    /// geosteer version.
+    pub version: String,
+    /// Digest of every file the configuration was built from (config, zones, profiles):
+    /// different digests on live instances = configuration skew.
+    pub config_digest: String,
+    /// Configuration generation (1 = as started).
+    pub generation: u64,
+    /// Start time, Unix seconds.
+    pub started_unix: u64,
+    /// This heartbeat, ms since the epoch.
+    pub heartbeat_ms: u64,
+    /// What it serves for each profile's sample subnets (`[admin] drill_samples`).
+    pub serving: Vec<Served>,
+}
+
+impl InstanceInfo {
+    /// Equal but for the heartbeat time.
+    fn same_but_time(&self, other: &Self) -> bool {
+        self.instance == other.instance
+            && self.version == other.version
+            && self.config_digest == other.config_digest
+            && self.generation == other.generation
+            && self.serving == other.serving
+    }
+}
+
+/// One row of the fleet view.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// The registration.
+    #[serde(flatten)]
+    pub info: InstanceInfo,
+    /// Seconds since its last heartbeat (by this instance's clock).
+    pub heartbeat_age_s: f64,
+    /// Its digest differs from the most common one.
+    pub config_skew: bool,
+    /// This is the instance answering.
+    pub this: bool,
+}
+
+/// A profile and sample subnet the live instances answer differently.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Disagreement {
+    /// Profile owner.
+    pub profile: String,
+    /// Sample subnet.
+    pub subnet: String,
+    /// Answer → instances serving it.
+    pub answers: BTreeMap<String, Vec<String>>,
+}
+
+/// `GET /api/fleet`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetView {
+    /// This instance.
+    pub instance: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// The etcd endpoint in use.
+    pub endpoint: String,
+    /// This instance reaches an etcd quorum now.
+    pub connected: bool,
+    /// Seconds since this instance last confirmed its view with etcd.
+    pub state_age_s: f64,
+    /// etcd revision of the last change applied.
+    pub revision: i64,
+    /// Live instances (registered, lease not expired).
+    pub instances: Vec<InstanceView>,
+    /// More than one configuration digest among live instances.
+    pub config_skew: bool,
+    /// Sample answers the live instances disagree on.
+    pub disagreements: Vec<Disagreement>,
+}
+
+/// A drill as the fleet saw it: one row per instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FleetDrill {
+    /// Per-instance results (instances that reported).
+    pub rows: Vec<InstanceResult>,
+    /// Live instances that have not reported.
+    pub missing: Vec<String>,
+    /// Every live instance reported its move, and every one moved.
+    pub verified_move: bool,
+    /// Every live instance reported its revert, and every one is back.
+    pub verified_back: bool,
+}
+
+/// The mirror of the prefix: every key's value and revision, and the revision of deleted keys
+/// (so a late watch event can never resurrect what a newer write removed).
+#[derive(Default)]
+struct Mirror {
+    kv: BTreeMap<String, (Vec<u8>, i64)>,
+    deleted: HashMap<String, i64>,
+}
+
+impl Mirror {
+    fn put(&mut self, key: String, value: Vec<u8>, rev: i64) -> bool {
+        let newest = self.kv.get(&key).map_or(0, |(_, r)| *r);
+        let gone = self.deleted.get(&key).copied().unwrap_or(0);
+        if rev < newest || rev <= gone {
+            return false;
+        }
+        self.deleted.remove(&key);
+        self.kv.insert(key, (value, rev));
+        true
+    }
+
+    fn delete(&mut self, key: String, rev: i64) -> bool {
+        let newest = self.kv.get(&key).map_or(0, |(_, r)| *r);
+        if rev < newest {
+            return false;
+        }
+        let had = self.kv.remove(&key).is_some();
+        self.deleted.insert(key, rev);
+        had
+    }
+
+    fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a [u8], i64)> {
+        self.kv
+            .range::<String, _>(prefix.to_string()..)
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, (v, r))| (k.as_str(), v.as_slice(), *r))
+    }
+}
+
+/// This instance's link to the fleet.
+pub struct Fleet {
+    settings: Settings,
+    client: etcd::Client,
+    clock: Clock,
+    mirror: Mutex<Mirror>,
+    connected: AtomicBool,
+    /// The "unreachable" warning was logged once (start-up without etcd logs it once, not per
+    /// attempt).
+    warned_once: AtomicBool,
+    /// Unix ms of the last confirmation of the view with etcd (0 = never).
+    confirmed_ms: AtomicU64,
+    /// Lag of the last change applied from the watch, ms.
+    watch_lag_ms: AtomicU64,
+    revision: AtomicI64,
+    lease: AtomicI64,
+    /// The lease the registration was last written with.
+    lease_written: AtomicI64,
+    /// The registration last written, and when (ms).
+    last_info: Mutex<Option<(u64, InstanceInfo)>>,
+    /// Wakes the watch loop to read everything again (after a lost connection).
+    resync: Notify,
+    /// Drills this instance verifies (or verified): one verifier per drill.
+    verifying: Mutex<BTreeSet<String>>,
+    /// Operator changes refused because etcd was unreachable.
+    pub writes_refused: Counter,
+    started_unix: u64,
+    /// Configuration digest and the generation it is for.
+    digest: Mutex<(u64, String)>,
+}
+
+fn ms(clock: &Clock) -> u64 {
+    clock
+        .now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Option<Stamped<T>> {
+    serde_json::from_slice(bytes).ok()
+}
+
+/// The key suffix of a forced state (see the module docs).
+pub fn force_id(f: &ForceEntry) -> String {
+    match (&f.drill, &f.target) {
+        (Some(d), _) => format!("d:{d}"),
+        (None, ForceTarget::Endpoint(k)) => format!("e:{k}"),
+        (None, ForceTarget::Region(r)) => format!("r:{r}"),
+    }
+}
+
+impl Fleet {
+    /// A link for `settings` (no I/O yet).
+    pub fn new(settings: Settings, clock: Clock) -> Result<Arc<Self>, String> {
+        let client = etcd::Client::new(&settings)?;
+        Ok(Arc::new(Self {
+            settings,
+            client,
+            clock,
+            mirror: Mutex::default(),
+            connected: AtomicBool::new(false),
+            warned_once: AtomicBool::new(false),
+            confirmed_ms: AtomicU64::new(0),
+            watch_lag_ms: AtomicU64::new(0),
+            revision: AtomicI64::new(0),
+            lease: AtomicI64::new(0),
+            lease_written: AtomicI64::new(0),
+            last_info: Mutex::new(None),
+            resync: Notify::new(),
+            verifying: Mutex::default(),
+            writes_refused: Counter::default(),
+            started_unix: clock.unix_secs(),
+            digest: Mutex::new((0, String::new())),
+        }))
+    }
+
+    /// This instance's name.
+    pub fn instance(&self) -> &str {
+        &self.settings.instance
+    }
+
+    /// Whether this instance reaches an etcd quorum (as of the last request).
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
+        self.mirror.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.settings.prefix)
+    }
+
+    fn stamp<T: Serialize>(&self, value: T) -> Vec<u8> {
+        serde_json::to_vec(&Stamped {
+            by: self.settings.instance.clone(),
+            at_ms: ms(&self.clock),
+            value,
+        })
+        .unwrap_or_default()
+    }
+
+    fn mark(&self, ok: bool, what: &str, error: Option<&etcd::EtcdError>) {
+        let was = self.connected.swap(ok, Ordering::Relaxed);
+        if ok {
+            self.confirmed_ms.store(ms(&self.clock), Ordering::Relaxed);
+            if !was {
+                info!(endpoint = %self.client.current_endpoint(), "fleet: etcd reachable; serving the fleet's state");
+            }
+        } else if was || !self.warned_once.swap(true, Ordering::Relaxed) {
+            warn!(
+                what,
+                error = %error.map(ToString::to_string).unwrap_or_default(),
+                "fleet: etcd unreachable; serving the last state seen, operator changes are refused until it is back"
+            );
+        }
+    }
+
+    /// The forced states and drills in the mirror.
+    fn persisted(&self) -> Persisted {
+        let m = self.mirror();
+        let forced = m
+            .under(&self.key("force/"))
+            .filter_map(|(_, v, _)| decode::<ForceEntry>(v).map(|s| s.value))
+            .collect();
+        let mut drills: Vec<DrillRecord> = m
+            .under(&self.key("drill/"))
+            .filter_map(|(_, v, _)| decode::<DrillRecord>(v).map(|s| s.value))
+            .collect();
+        drills.sort_by_key(|d| (d.started_ms, d.id.clone()));
+        Persisted { forced, drills }
+    }
+
+    /// Reads the whole prefix into the mirror. Returns the revision read.
+    async fn read_all(&self) -> Result<i64, etcd::EtcdError> {
+        let (rev, kvs) = self.client.range_prefix(&self.settings.prefix).await?;
+        let mut m = self.mirror();
+        m.kv = kvs
+            .into_iter()
+            .map(
+                |Kv {
+                     key,
+                     value,
+                     mod_revision,
+                 }| (key, (value, mod_revision)),
+            )
+            .collect();
+        m.deleted.clear();
+        drop(m);
+        self.revision.store(rev, Ordering::Relaxed);
+        Ok(rev)
+    }
+
+    /// Start-up: reads the fleet's state (waiting at most `start_timeout`) and applies it
+    /// before the DNS sockets are served. Unreachable: the state file's last state serves, and
+    /// the background loop reconciles when etcd answers.
+    pub async fn initial_sync(self: &Arc<Self>, control: &Arc<Control>) {
+        let deadline = tokio::time::Instant::now() + self.settings.start_timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.read_all()).await {
+                Ok(Ok(rev)) => {
+                    self.mark(true, "start-up read", None);
+                    info!(revision = rev, instance = %self.settings.instance, "fleet: state read from etcd");
+                    self.apply(control).await;
+                    return;
+                }
+                Ok(Err(e)) => {
+                    self.mark(false, "start-up read", Some(&e));
+                    if tokio::time::Instant::now() + self.settings.heartbeat >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(self.settings.heartbeat / 2).await;
+                }
+                Err(_) => break,
+            }
+        }
+        warn!(
+            timeout = ?self.settings.start_timeout,
+            "fleet: etcd not reachable at start-up; serving the last state seen (state file) until it is"
+        );
+    }
+
+    /// Rebuilds forced states and drills from the mirror and hands them to the control plane.
+    async fn apply(self: &Arc<Self>, control: &Arc<Control>) {
+        let p = self.persisted();
+        let running: Vec<DrillRecord> = p
+            .drills
+            .iter()
+            .filter(|d| d.status == DrillStatus::Running)
+            .cloned()
+            .collect();
+        control.apply_fleet_state(p).await;
+        for d in running {
+            let fresh = self
+                .verifying
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(d.id.clone());
+            if fresh {
+                let (me, control) = (self.clone(), control.clone());
+                tokio::spawn(async move { me.verify_drill(&control, d).await });
+            }
+        }
+    }
+
+    /// Writes the difference between `desired` and the mirror to etcd in one transaction.
+    pub async fn store(&self, desired: &Persisted) -> Result<(), String> {
+        if !self.connected() {
+            self.writes_refused.inc();
+            return Err(format!(
+                "etcd is unreachable ({}): this change was not made; the fleet keeps serving \
+                 the last state, retry when `geosteer fleet` shows connected",
+                self.client.current_endpoint()
+            ));
+        }
+        let mut want: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        for f in &desired.forced {
+            want.insert(
+                self.key(&format!("force/{}", force_id(f))),
+                serde_json::to_value(f).unwrap_or_default(),
+            );
+        }
+        for d in &desired.drills {
+            want.insert(
+                self.key(&format!("drill/{}", d.id)),
+                serde_json::to_value(d).unwrap_or_default(),
+            );
+        }
+        let mut ops = Vec::new();
+        {
+            let m = self.mirror();
+            for area in ["force/", "drill/"] {
+                for (k, v, _) in m.under(&self.key(area)) {
+                    match want.get(k) {
+                        None => {
+                            ops.push(Op::Delete { key: k.to_string() });
+                            if let Some(id) = k.strip_prefix(&self.key("drill/")) {
+                                ops.push(Op::DeletePrefix {
+                                    prefix: self.key(&format!("result/{id}/")),
+                                });
+                            }
+                        }
+                        Some(w) => {
+                            if decode::<serde_json::Value>(v).is_some_and(|old| old.value == *w) {
+                                want.remove(k);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (key, value) in want {
+            ops.push(Op::Put {
+                key,
+                value: self.stamp(value),
+                lease: 0,
+            });
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        match self.client.txn(&[], &ops).await {
+            Ok((_, rev)) => {
+                self.mark(true, "write", None);
+                let mut m = self.mirror();
+                for op in ops {
+                    match op {
+                        Op::Put { key, value, .. } => {
+                            m.put(key, value, rev);
+                        }
+                        Op::Delete { key } => {
+                            m.delete(key, rev);
+                        }
+                        Op::DeletePrefix { prefix } => {
+                            let keys: Vec<String> =
+                                m.under(&prefix).map(|(k, _, _)| k.to_string()).collect();
+                            for k in keys {
+                                m.delete(k, rev);
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, etcd::EtcdError::Unreachable(_)) {
+                    self.mark(false, "write", Some(&e));
+                    self.writes_refused.inc();
+                }
+                Err(format!("{e}: this change was not made"))
+            }
+        }
+    }
+
+    /// Runs the fleet link until `stop`: the watch (with full re-reads after a lost
+    /// connection) and the heartbeat (registration, liveness, expiry of abandoned drills).
+    pub fn spawn(
+        self: &Arc<Self>,
+        control: Arc<Control>,
+        stop: CancellationToken,
+        tasks: &tokio_util::task::TaskTracker,
+    ) {
+        let (me, c, s) = (self.clone(), control.clone(), stop.clone());
+        tasks.spawn(async move { me.watch_loop(c, s).await });
+        let me = self.clone();
+        tasks.spawn(async move { me.heartbeat_loop(control, stop).await });
+    }
+
+    async fn watch_loop(self: Arc<Self>, control: Arc<Control>, stop: CancellationToken) {
+        let mut need_read = self.revision.load(Ordering::Relaxed) == 0;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            if need_read {
+                match self.read_all().await {
+                    Ok(_) => {
+                        self.mark(true, "read", None);
+                        self.apply(&control).await;
+                    }
+                    Err(e) => {
+                        self.mark(false, "read", Some(&e));
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(self.settings.heartbeat) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            let from = self.revision.load(Ordering::Relaxed) + 1;
+            let mut watch = match self.client.watch(&self.settings.prefix, from).await {
+                Ok(w) => w,
+                Err(e) => {
+                    self.mark(false, "watch", Some(&e));
+                    need_read = true;
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(self.settings.heartbeat) => {}
+                    }
+                    continue;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = self.resync.notified() => { need_read = true; break; }
+                    n = watch.next() => n,
+                };
+                match next {
+                    Ok(Some((rev, events))) => {
+                        if self.take(rev, events) {
+                            self.apply(&control).await;
+                        }
+                    }
+                    Ok(None) => {
+                        need_read = true;
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "fleet: watch ended; reading the state again");
+                        need_read = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies watch events to the mirror; true when forced states or drills changed.
+    fn take(&self, rev: i64, events: Vec<Event>) -> bool {
+        let now = ms(&self.clock);
+        let control_areas = [self.key("force/"), self.key("drill/")];
+        let mut changed = false;
+        let mut m = self.mirror();
+        for e in events {
+            let (key, applied, stamp) = match e {
+                Event::Put(kv) => {
+                    let at = decode::<serde_json::Value>(&kv.value).map(|s| s.at_ms);
+                    let key = kv.key.clone();
+                    (key, m.put(kv.key, kv.value, kv.mod_revision), at)
+                }
+                Event::Delete { key, revision } => (key.clone(), m.delete(key, revision), None),
+            };
+            if applied && control_areas.iter().any(|a| key.starts_with(a)) {
+                changed = true;
+                if let Some(at) = stamp {
+                    self.watch_lag_ms
+                        .store(now.saturating_sub(at), Ordering::Relaxed);
+                }
+            }
+        }
+        drop(m);
+        if rev > self.revision.load(Ordering::Relaxed) {
+            self.revision.store(rev, Ordering::Relaxed);
+        }
+        changed
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>, control: Arc<Control>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    // Leave the fleet at once rather than after the lease TTL.
+                    let lease = self.lease.load(Ordering::Relaxed);
+                    if lease != 0 {
+                        let _ = tokio::time::timeout(self.settings.request_timeout, self.client.revoke(lease)).await;
+                    }
+                    return;
+                }
+                _ = tick.tick() => {}
+            }
+            let was = self.connected();
+            match self.heartbeat(&control).await {
+                Ok(()) => {
+                    self.mark(true, "heartbeat", None);
+                    if !was {
+                        // Back after an outage: the watch may have missed changes (or hang on
+                        // a member that lost its quorum): read everything again.
+                        self.resync.notify_one();
+                    }
+                    self.finish_abandoned(&control).await;
+                }
+                Err(e) => {
+                    self.mark(false, "heartbeat", Some(&e));
+                    if was {
+                        self.resync.notify_one();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Renews (or obtains) the lease and rewrites the registration.
+    async fn heartbeat(&self, control: &Arc<Control>) -> Result<(), etcd::EtcdError> {
+        let mut lease = self.lease.load(Ordering::Relaxed);
+        if lease != 0 && self.client.keep_alive(lease).await? <= 0 {
+            lease = 0;
+        }
+        if lease == 0 {
+            lease = self.client.grant(self.settings.lease_ttl).await?;
+            self.lease.store(lease, Ordering::Relaxed);
+        }
+        let info = self.info(control).await;
+        // Rewritten when what it says changes, else every third of the lease TTL: the lease
+        // keep-alive is the liveness signal, and every write is streamed to every instance's
+        // watch (N² bytes), so a value per heartbeat would be most of the fleet's etcd traffic.
+        let fresh_for = self.settings.lease_ttl / 3;
+        let renewed = lease == self.lease_written.load(Ordering::Relaxed);
+        {
+            let last = self.last_info.lock().unwrap_or_else(|e| e.into_inner());
+            if renewed
+                && let Some((at, old)) = &*last
+                && old.same_but_time(&info)
+                && info.heartbeat_ms.saturating_sub(*at) < fresh_for.as_millis() as u64
+            {
+                return Ok(());
+            }
+        }
+        let key = self.key(&format!("instance/{}", self.settings.instance));
+        let value = self.stamp(&info);
+        let (_, rev) = self
+            .client
+            .txn(
+                &[],
+                &[Op::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                    lease,
+                }],
+            )
+            .await?;
+        self.mirror().put(key, value, rev);
+        self.lease_written.store(lease, Ordering::Relaxed);
+        *self.last_info.lock().unwrap_or_else(|e| e.into_inner()) = Some((info.heartbeat_ms, info));
+        Ok(())
+    }
+
+    async fn info(&self, control: &Arc<Control>) -> InstanceInfo {
+        let generation = control.generation();
+        let cached = {
+            let d = self.digest.lock().unwrap_or_else(|e| e.into_inner());
+            (d.0 == generation).then(|| d.1.clone())
+        };
+        let config_digest = match cached {
+            Some(d) => d,
+            None => {
+                let config = control.config.load_full();
+                let d = tokio::task::spawn_blocking(move || {
+                    // The data every instance must share (zones, profiles, GeoIP, regions),
+                    // not geosteer.toml: its listen addresses, instance name and
+                    // server_region differ per instance by design.
+                    let shared: Vec<std::path::PathBuf> = super::reload::watched(&config)
+                        .into_iter()
+                        .filter(|f| !config.files.contains(f))
+                        .collect();
+                    digest_files(&shared)
+                })
+                .await
+                .unwrap_or_default();
+                *self.digest.lock().unwrap_or_else(|e| e.into_inner()) = (generation, d.clone());
+                d
+            }
+        };
+        InstanceInfo {
+            instance: self.settings.instance.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            config_digest,
+            generation,
+            started_unix: self.started_unix,
+            heartbeat_ms: ms(&self.clock),
+            serving: control.sample_answers(),
+        }
+    }
+
+    /// Live instances from the mirror.
+    fn instances(&self) -> Vec<InstanceInfo> {
+        self.mirror()
+            .under(&self.key("instance/"))
+            .filter_map(|(_, v, _)| decode::<InstanceInfo>(v).map(|s| s.value))
+            .collect()
+    }
+
+    /// The fleet view (`GET /api/fleet`, `geosteer fleet`).
+    pub fn view(&self) -> FleetView {
+        let now = ms(&self.clock);
+        let infos = self.instances();
+        let mut digests: HashMap<&str, usize> = HashMap::new();
+        for i in &infos {
+            *digests.entry(i.config_digest.as_str()).or_default() += 1;
+        }
+        let common = digests
+            .iter()
+            .max_by_key(|(d, n)| (**n, std::cmp::Reverse(**d)))
+            .map(|(d, _)| d.to_string())
+            .unwrap_or_default();
+        let mut answers: BTreeMap<(String, String), BTreeMap<String, Vec<String>>> =
+            BTreeMap::new();
+        for i in &infos {
+            for s in &i.serving {
+                answers
+                    .entry((s.profile.clone(), s.subnet.clone()))
+                    .or_default()
+                    .entry(s.answer.clone())
+                    .or_default()
+                    .push(i.instance.clone());
+            }
+        }
+        let disagreements = answers
+            .into_iter()
+            .filter(|(_, a)| a.len() > 1)
+            .map(|((profile, subnet), answers)| Disagreement {
+                profile,
+                subnet,
+                answers,
+            })
+            .collect();
+        let instances = infos
+            .iter()
+            .map(|i| InstanceView {
+                heartbeat_age_s: now.saturating_sub(i.heartbeat_ms) as f64 / 1000.0,
+                config_skew: i.config_digest != common,
+                this: i.instance == self.settings.instance,
+                info: i.clone(),
+            })
+            .collect();
+        let confirmed = self.confirmed_ms.load(Ordering::Relaxed);
+        FleetView {
+            instance: self.settings.instance.clone(),
+            prefix: self.settings.prefix.clone(),
+            endpoint: self.client.current_endpoint(),
+            connected: self.connected(),
+            state_age_s: if confirmed == 0 {
+                -1.0
+            } else {
+                now.saturating_sub(confirmed) as f64 / 1000.0
+            },
+            revision: self.revision.load(Ordering::Relaxed),
+            instances,
+            config_skew: digests.len() > 1,
+            disagreements,
+        }
+    }
+
+    /// The fleet's rows for drill `d`.
+    pub fn drill_rows(&self, d: &DrillRecord) -> FleetDrill {
+        let rows: Vec<InstanceResult> = self
+            .mirror()
+            .under(&self.key(&format!("result/{}/", d.id)))
+            .filter_map(|(_, v, _)| decode::<InstanceResult>(v).map(|s| s.value))
+            .collect();
+        let live: Vec<String> = self.instances().into_iter().map(|i| i.instance).collect();
+        let missing: Vec<String> = live
+            .iter()
+            .filter(|l| !rows.iter().any(|r| &r.instance == *l))
+            .cloned()
+            .collect();
+        let of_live = |r: &&InstanceResult| live.contains(&r.instance);
+        let verified_move = missing.is_empty()
+            && !live.is_empty()
+            && rows.iter().filter(of_live).all(|r| r.moved == Some(true));
+        let verified_back = missing.is_empty()
+            && !live.is_empty()
+            && rows.iter().filter(of_live).all(|r| r.back == Some(true));
+        FleetDrill {
+            rows,
+            missing,
+            verified_move,
+            verified_back,
+        }
+    }
+
+    async fn publish_result(&self, drill: &str, r: &InstanceResult) {
+        let key = self.key(&format!("result/{drill}/{}", self.settings.instance));
+        let value = self.stamp(r);
+        match self
+            .client
+            .txn(
+                &[],
+                &[Op::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                    lease: 0,
+                }],
+            )
+            .await
+        {
+            Ok((_, rev)) => {
+                self.mirror().put(key, value, rev);
+            }
+            Err(e) => warn!(drill, error = %e, "fleet: drill result not published"),
+        }
+    }
+
+    /// Verifies drill `d` through this instance's own handler: the move, then (once the drill
+    /// ended by expiry or stop) the revert; publishes each result.
+    async fn verify_drill(self: Arc<Self>, control: &Arc<Control>, d: DrillRecord) {
+        let handler = control.handler.clone();
+        let expected: Vec<bool> = d.samples.iter().map(|s| s.expected_move).collect();
+        let mut result = InstanceResult {
+            instance: self.settings.instance.clone(),
+            ..Default::default()
+        };
+        if !expected.iter().any(|e| *e) || d.dry_run {
+            return;
+        }
+        // The move.
+        let deadline = tokio::time::Instant::now() + VERIFY_WITHIN;
+        loop {
+            let now: Vec<String> = d
+                .samples
+                .iter()
+                .map(|s| drill::resolve(&handler, &d.profile, &s.subnet))
+                .collect();
+            let moved = d
+                .samples
+                .iter()
+                .zip(&now)
+                .all(|(s, a)| (*a != s.before) == s.expected_move);
+            let over = !self.still_running(&d.id);
+            if moved || over || tokio::time::Instant::now() >= deadline {
+                result.moved = Some(moved);
+                result.moved_ms = moved.then(|| ms(&self.clock).saturating_sub(d.started_ms));
+                result.during = now;
+                break;
+            }
+            tokio::time::sleep(VERIFY_EVERY).await;
+        }
+        self.publish_result(&d.id, &result).await;
+        // Wait for the end: expiry by the clock, or a stop seen in etcd.
+        loop {
+            if !self.still_running(&d.id) || self.clock.unix_secs() >= d.until_unix {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let ended_ms = self
+            .persisted()
+            .drills
+            .iter()
+            .find(|r| r.id == d.id)
+            .and_then(|r| r.ended_ms)
+            .unwrap_or(d.until_unix * 1000)
+            .min(ms(&self.clock));
+        let deadline = tokio::time::Instant::now() + VERIFY_WITHIN;
+        loop {
+            let now: Vec<String> = d
+                .samples
+                .iter()
+                .map(|s| drill::resolve(&handler, &d.profile, &s.subnet))
+                .collect();
+            let back = d.samples.iter().zip(&now).all(|(s, a)| *a == s.before);
+            if back || tokio::time::Instant::now() >= deadline {
+                result.back = Some(back);
+                result.back_ms = back.then(|| ms(&self.clock).saturating_sub(ended_ms));
+                result.after = now;
+                break;
+            }
+            tokio::time::sleep(VERIFY_EVERY).await;
+        }
+        self.publish_result(&d.id, &result).await;
+    }
+
+    fn still_running(&self, id: &str) -> bool {
+        let key = self.key(&format!("drill/{id}"));
+        self.mirror()
+            .kv
+            .get(&key)
+            .and_then(|(v, _)| decode::<DrillRecord>(v))
+            .is_some_and(|s| s.value.status == DrillStatus::Running)
+    }
+
+    /// Finishes, in etcd, drills past their expiry (plus the starter's grace) that are still
+    /// Running, and removes their forces and expired timed forces — the starter may be gone.
+    /// Compare-and-swap on each key's revision: when several instances try, one does it.
+    async fn finish_abandoned(&self, control: &Arc<Control>) {
+        let now = self.clock.unix_secs();
+        let grace = STARTER_GRACE.as_secs() + self.settings.heartbeat.as_secs();
+        let mut work: Vec<(Vec<Compare>, Vec<Op>)> = Vec::new();
+        {
+            let m = self.mirror();
+            for (k, v, rev) in m.under(&self.key("drill/")) {
+                let Some(mut s) = decode::<DrillRecord>(v) else {
+                    continue;
+                };
+                if s.value.status != DrillStatus::Running || now < s.value.until_unix + grace {
+                    continue;
+                }
+                s.value.status = DrillStatus::Done;
+                s.value.ended_ms = Some(s.value.until_unix * 1000);
+                let mut ops = vec![Op::Put {
+                    key: k.to_string(),
+                    value: self.stamp(&s.value),
+                    lease: 0,
+                }];
+                let fkey = self.key(&format!("force/d:{}", s.value.id));
+                if m.kv.contains_key(&fkey) {
+                    ops.push(Op::Delete { key: fkey });
+                }
+                work.push((
+                    vec![Compare::ModRevision {
+                        key: k.to_string(),
+                        revision: rev,
+                    }],
+                    ops,
+                ));
+            }
+            for (k, v, rev) in m.under(&self.key("force/")) {
+                if let Some(s) = decode::<ForceEntry>(v)
+                    && s.value.force.until.is_some_and(|u| u + grace <= now)
+                {
+                    work.push((
+                        vec![Compare::ModRevision {
+                            key: k.to_string(),
+                            revision: rev,
+                        }],
+                        vec![Op::Delete { key: k.to_string() }],
+                    ));
+                }
+            }
+        }
+        for (compare, ops) in work {
+            match self.client.txn(&compare, &ops).await {
+                Ok((true, _)) => {
+                    info!("fleet: finished an expired drill or force its owner left behind")
+                }
+                Ok((false, _)) => {}
+                Err(e) => warn!(error = %e, "fleet: cannot finish an expired drill or force"),
+            }
+        }
+        let _ = control;
+    }
+
+    /// Metrics lines (Prometheus text).
+    pub fn render_metrics(&self, o: &mut String) {
+        use std::fmt::Write;
+        let view = self.view();
+        let mut g = |name: &str, help: &str, kind: &str, lines: Vec<(String, f64)>| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in lines {
+                let _ = writeln!(o, "{name}{labels} {v}");
+            }
+        };
+        g(
+            "geosteer_cluster_connected",
+            "1 when this instance reaches an etcd quorum (fleet mode).",
+            "gauge",
+            vec![(String::new(), f64::from(u8::from(view.connected)))],
+        );
+        g(
+            "geosteer_cluster_state_age_seconds",
+            "Seconds since this instance last confirmed its view of the fleet state with etcd.",
+            "gauge",
+            vec![(String::new(), view.state_age_s)],
+        );
+        g(
+            "geosteer_cluster_watch_lag_seconds",
+            "Delay between the last control change's write and this instance applying it.",
+            "gauge",
+            vec![(
+                String::new(),
+                self.watch_lag_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+            )],
+        );
+        g(
+            "geosteer_cluster_instances",
+            "Live instances this instance sees in the fleet.",
+            "gauge",
+            vec![(String::new(), view.instances.len() as f64)],
+        );
+        g(
+            "geosteer_cluster_heartbeat_age_seconds",
+            "Seconds since each live instance's last heartbeat.",
+            "gauge",
+            view.instances
+                .iter()
+                .map(|i| {
+                    (
+                        format!("{{instance=\"{}\"}}", i.info.instance),
+                        i.heartbeat_age_s,
+                    )
+                })
+                .collect(),
+        );
+        g(
+            "geosteer_cluster_config_skew",
+            "1 when live instances run different configurations (digests differ).",
+            "gauge",
+            vec![(String::new(), f64::from(u8::from(view.config_skew)))],
+        );
+        g(
+            "geosteer_cluster_writes_refused_total",
+            "Operator changes refused because etcd was unreachable.",
+            "counter",
+            vec![(String::new(), self.writes_refused.get() as f64)],
+        );
+        let t = etcd::traffic();
+        g(
+            "geosteer_cluster_etcd_requests_total",
+            "Requests this instance sent to etcd.",
+            "counter",
+            vec![(String::new(), t.requests.get() as f64)],
+        );
+        g(
+            "geosteer_cluster_etcd_bytes_total",
+            "Bytes this instance exchanged with etcd (request and response bodies).",
+            "counter",
+            vec![(String::new(), t.bytes.get() as f64)],
+        );
+    }
+}
+
+/// FNV-1a over every file's name and contents: stable across versions and processes (the
+/// digest is compared between instances). Unreadable files count as their error text.
+fn digest_files(files: &[std::path::PathBuf]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    let mut files = files.to_vec();
+    files.sort();
+    files.dedup();
+    for f in &files {
+        // File names relative to nothing: instances mount the same files at the same paths.
+        eat(f
+            .file_name()
+            .map(|n| n.as_encoded_bytes())
+            .unwrap_or_default());
+        match crate::base::file::read_regular(f, crate::base::file::MAX_ZONE_BYTES) {
+            Ok(b) => eat(&b),
+            Err(e) => eat(e.as_bytes()),
+        }
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_event_never_resurrects_a_deleted_key() {
+        let mut m = Mirror::default();
+        assert!(m.put("k".into(), b"a".to_vec(), 5));
+        assert!(m.delete("k".into(), 7));
+        assert!(!m.put("k".into(), b"a".to_vec(), 6));
+        assert!(m.kv.is_empty());
+        assert!(m.put("k".into(), b"b".to_vec(), 8));
+    }
+
+    #[test]
+    fn the_digest_changes_with_the_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("geosteer.toml");
+        std::fs::write(&f, "a").unwrap();
+        let one = digest_files(std::slice::from_ref(&f));
+        std::fs::write(&f, "b").unwrap();
+        assert_ne!(one, digest_files(std::slice::from_ref(&f)));
+    }
+}
