@@ -195,7 +195,8 @@ enum Msg {
     Report(Report),
     Load(Arc<str>, Result<f64, String>),
     Reconfigure(Plan),
-    Forced(Vec<ForceEntry>),
+    /// New forced states; the sender (if any) hears once they are published.
+    Forced(Vec<ForceEntry>, Option<tokio::sync::oneshot::Sender<()>>),
 }
 
 /// A table's probing plan.
@@ -273,7 +274,13 @@ impl Prober {
 
     /// Replaces the set of forced states (the prober republishes at once).
     pub async fn set_forced(&self, forced: Vec<ForceEntry>) {
-        let _ = self.tx.send(Msg::Forced(forced)).await;
+        let (ack, published) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Forced(forced, Some(ack))).await.is_ok() {
+            // Returns once the snapshot with these forces is what the DNS path reads: a
+            // caller can then say "served" (and a fleet instance starting up answers only
+            // after its fleet's forces are in effect). A stopped prober drops the sender.
+            let _ = published.await;
+        }
     }
 }
 
@@ -666,9 +673,13 @@ impl Publisher {
                         self.publish();
                     }
                 }
-                Msg::Forced(f) => {
+                Msg::Forced(f, ack) => {
                     self.forced = f;
                     self.publish();
+                    last_publish = Instant::now();
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
+                    }
                 }
                 Msg::Report(Report { key, outcome }) => {
                     let Some(t) = self.trackers.get_mut(&key) else {
