@@ -1243,6 +1243,34 @@ fn explain_answer(config: &Path, name: &str, ecs: &str) -> String {
         .to_string()
 }
 
+/// The etcd client Secret as `deploy/etcd/make-certs.sh` makes it (`ca.crt`, `tls.crt`,
+/// `tls.key`: a CA and a client certificate it signed), written where the Deployment mounts it,
+/// so `geosteer check` reads real certificate files as it does in the cluster.
+fn etcd_client_secret(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "geosteer etcd CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "geosteer");
+    let cert = params.signed_by(&key, &*ca).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+}
+
 #[test]
 fn the_configmap_configuration_passes_geosteer_check_as_mounted() {
     let base_toml = std::fs::read_to_string(k8s().join("base/geosteer.toml")).unwrap();
@@ -1319,7 +1347,9 @@ fn the_configmap_configuration_passes_geosteer_check_as_mounted() {
             stderr.contains("admin.token_file:") && stderr.contains("placeholder"),
             "{n}: {stderr}"
         );
-        // Replaced as deploy/README.md says (a random token), the configuration passes.
+        // Replaced as deploy/README.md says (a random token), and with the etcd client Secret
+        // made by deploy/etcd/make-certs.sh, the configuration passes.
+        etcd_client_secret(&root.path().join("run/secrets/etcd"));
         std::fs::write(
             root.path().join("run/secrets/geosteer/admin-token"),
             "3f5e0c1a9b7d2e4f6a8c0b1d3e5f7a9c\n",
@@ -1379,10 +1409,12 @@ fn docker_image_config_and_dockerfile() {
         "0123456789abcdef0123456789\n",
     )
     .unwrap();
+    etcd_client_secret(&r.join("run/secrets/etcd"));
     let mounts: BTreeMap<String, bool> = [
         ("/etc/geosteer", true),
         ("/var/lib/geosteer", false),
         ("/run/secrets/geosteer", true),
+        ("/run/secrets/etcd", true),
     ]
     .into_iter()
     .map(|(p, ro)| (p.to_string(), ro))

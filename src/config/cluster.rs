@@ -226,7 +226,7 @@ pub(super) fn validate(
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(Settings {
+    let settings = Settings {
         etcd: urls,
         instance,
         prefix: raw.prefix,
@@ -240,7 +240,25 @@ pub(super) fn validate(
         start_timeout: raw.start_timeout,
         request_timeout: raw.request_timeout,
         tls,
-    })
+    };
+    // Build the client once here (no I/O): a certificate and key that do not belong together,
+    // or a CA file rustls cannot use, is an error at its line now, not when serving starts.
+    if let Err(e) = crate::cluster::etcd::Client::new(&settings) {
+        let key = if e.contains("key_file") || e.contains("cert_file") {
+            "cert_file"
+        } else if e.contains("ca_file") {
+            "ca_file"
+        } else {
+            "etcd"
+        };
+        return Err(vec![ConfigError::new(
+            source,
+            at(key),
+            format!("cluster.{key}"),
+            e,
+        )]);
+    }
+    Ok(settings)
 }
 
 /// The `kind` sections of a PEM file (DER), at least one.

@@ -501,9 +501,7 @@ async fn readyz(AxState(c): AxState<Shared>) -> Response {
 
 async fn metrics(AxState(c): AxState<Shared>) -> Response {
     let mut body = c.metrics.render(&c.state.load(), &c.health.load());
-    if let Some(f) = c.fleet() {
-        f.render_metrics(&mut body);
-    }
+    crate::ops::fleet::render_metrics(c.fleet().map(|f| &**f), &mut body);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -999,84 +999,93 @@ impl Fleet {
         }
         let _ = control;
     }
+}
 
-    /// Metrics lines (Prometheus text).
-    pub fn render_metrics(&self, o: &mut String) {
-        use std::fmt::Write;
-        let view = self.view();
-        let mut g = |name: &str, help: &str, kind: &str, lines: Vec<(String, f64)>| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in lines {
-                let _ = writeln!(o, "{name}{labels} {v}");
-            }
-        };
-        g(
-            "geosteer_cluster_connected",
-            "1 when this instance reaches an etcd quorum (fleet mode).",
-            "gauge",
-            vec![(String::new(), f64::from(u8::from(view.connected)))],
-        );
-        g(
-            "geosteer_cluster_state_age_seconds",
-            "Seconds since this instance last confirmed its view of the fleet state with etcd.",
-            "gauge",
-            vec![(String::new(), view.state_age_s)],
-        );
-        g(
-            "geosteer_cluster_watch_lag_seconds",
-            "Delay between the last control change's write and this instance applying it.",
-            "gauge",
-            vec![(
-                String::new(),
-                self.watch_lag_ms.load(Ordering::Relaxed) as f64 / 1000.0,
-            )],
-        );
-        g(
-            "geosteer_cluster_instances",
-            "Live instances this instance sees in the fleet.",
-            "gauge",
-            vec![(String::new(), view.instances.len() as f64)],
-        );
-        g(
-            "geosteer_cluster_heartbeat_age_seconds",
-            "Seconds since each live instance's last heartbeat.",
-            "gauge",
-            view.instances
-                .iter()
-                .map(|i| {
-                    (
-                        format!("{{instance=\"{}\"}}", i.info.instance),
-                        i.heartbeat_age_s,
-                    )
-                })
-                .collect(),
-        );
-        g(
-            "geosteer_cluster_config_skew",
-            "1 when live instances run different configurations (digests differ).",
-            "gauge",
-            vec![(String::new(), f64::from(u8::from(view.config_skew)))],
-        );
-        g(
-            "geosteer_cluster_writes_refused_total",
-            "Operator changes refused because etcd was unreachable.",
-            "counter",
-            vec![(String::new(), self.writes_refused.get() as f64)],
-        );
-        let t = etcd::traffic();
-        g(
-            "geosteer_cluster_etcd_requests_total",
-            "Requests this instance sent to etcd.",
-            "counter",
-            vec![(String::new(), t.requests.get() as f64)],
-        );
-        g(
-            "geosteer_cluster_etcd_bytes_total",
-            "Bytes this instance exchanged with etcd (request and response bodies).",
-            "counter",
-            vec![(String::new(), t.bytes.get() as f64)],
-        );
-    }
+/// The fleet's metrics (Prometheus text). Standalone (`None`), only their HELP and TYPE lines:
+/// the families exist on every geosteer, so dashboards and alert rules written for a fleet
+/// find them, and no standalone server looks like a disconnected fleet member.
+pub fn render_metrics(fleet: Option<&Fleet>, o: &mut String) {
+    use std::fmt::Write;
+    let view = fleet.map(Fleet::view);
+    let mut g = |name: &str, help: &str, kind: &str, lines: Vec<(String, f64)>| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in lines {
+            let _ = writeln!(o, "{name}{labels} {v}");
+        }
+    };
+    let one = |v: Option<f64>| {
+        v.map(|v| (String::new(), v))
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    g(
+        "geosteer_cluster_connected",
+        "1 when this instance reaches an etcd quorum (fleet mode).",
+        "gauge",
+        one(view.as_ref().map(|v| f64::from(u8::from(v.connected)))),
+    );
+    g(
+        "geosteer_cluster_state_age_seconds",
+        "Seconds since this instance last confirmed its view of the fleet state with etcd.",
+        "gauge",
+        one(view.as_ref().map(|v| v.state_age_s)),
+    );
+    g(
+        "geosteer_cluster_watch_lag_seconds",
+        "Delay between the last control change's write and this instance applying it.",
+        "gauge",
+        one(fleet.map(|f| f.watch_lag_ms.load(Ordering::Relaxed) as f64 / 1000.0)),
+    );
+    g(
+        "geosteer_cluster_instances",
+        "Live instances this instance sees in the fleet.",
+        "gauge",
+        one(view.as_ref().map(|v| v.instances.len() as f64)),
+    );
+    g(
+        "geosteer_cluster_heartbeat_age_seconds",
+        "Seconds since each live instance's last registration write (rewritten at least every \
+         third of the lease TTL).",
+        "gauge",
+        view.as_ref()
+            .map(|v| {
+                v.instances
+                    .iter()
+                    .map(|i| {
+                        (
+                            format!("{{instance=\"{}\"}}", i.info.instance),
+                            i.heartbeat_age_s,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    );
+    g(
+        "geosteer_cluster_config_skew",
+        "1 when live instances run different configurations (digests differ).",
+        "gauge",
+        one(view.as_ref().map(|v| f64::from(u8::from(v.config_skew)))),
+    );
+    g(
+        "geosteer_cluster_writes_refused_total",
+        "Operator changes refused because etcd was unreachable.",
+        "counter",
+        one(fleet.map(|f| f.writes_refused.get() as f64)),
+    );
+    let t = etcd::traffic();
+    g(
+        "geosteer_cluster_etcd_requests_total",
+        "Requests this instance sent to etcd.",
+        "counter",
+        one(fleet.map(|_| t.requests.get() as f64)),
+    );
+    g(
+        "geosteer_cluster_etcd_bytes_total",
+        "Bytes this instance exchanged with etcd (request and response bodies).",
+        "counter",
+        one(fleet.map(|_| t.bytes.get() as f64)),
+    );
 }
 
 /// FNV-1a over every file's name and contents: stable across versions and processes (the
