@@ -174,8 +174,14 @@ pub(super) fn validate(
                 Err(e) => err("key_file", e),
             }
         }
-        (Some(_), None) => err("key_file", "cert_file needs key_file".into()),
-        (None, Some(_)) => err("cert_file", "key_file needs cert_file".into()),
+        (Some(_), None) => err(
+            "cert_file",
+            "a client certificate needs key_file (its private key)".into(),
+        ),
+        (None, Some(_)) => err(
+            "key_file",
+            "a client key needs cert_file (its certificate)".into(),
+        ),
         (None, None) => {}
     }
     if !https && (raw.ca_file.is_some() || raw.cert_file.is_some()) {

@@ -393,9 +393,10 @@ impl Control {
                     || old.tcp != config.tcp
                     || old.workers != config.workers
                     || old.admin_listen != config.admin_listen
+                    || old.cluster != config.cluster
                 {
                     warn!(
-                        "listen addresses, workers or the admin address changed: they take effect after a restart"
+                        "listen addresses, workers, the admin address or [cluster] changed: they take effect after a restart"
                     );
                 }
                 self.state.store(Arc::new(state));
