@@ -308,3 +308,159 @@ fn configuration_skew_is_reported() {
         "{metrics}"
     );
 }
+
+/// A single etcd member serving TLS on loopback and requiring client certificates
+/// (`--client-cert-auth`), killed by PID on drop.
+struct TlsEtcd {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// PEM (certificate, key) signed by `ca`, for `names`.
+fn leaf(ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, names: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().copied().unwrap_or("geosteer"),
+    );
+    let cert = params.signed_by(&key, &**ca).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// geosteer talks to etcd over TLS with a client certificate (as `deploy/` runs it): with the
+/// CA's client certificate it joins the fleet and a drill works; with a certificate from
+/// another CA etcd refuses it, and the instance serves on, disconnected, saying so.
+#[test]
+fn the_fleet_link_uses_tls_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let authority = ca("etcd test CA");
+    let (server_cert, server_key) = leaf(&authority, &["127.0.0.1", "localhost"]);
+    let (client_cert, client_key) = leaf(&authority, &["geosteer"]);
+    let stranger = ca("another CA");
+    let (bad_cert, bad_key) = leaf(&stranger, &["geosteer"]);
+    for (f, text) in [
+        ("ca.crt", authority.pem()),
+        ("server.crt", server_cert),
+        ("server.key", server_key),
+        ("tls.crt", client_cert),
+        ("tls.key", client_key),
+        ("bad.crt", bad_cert),
+        ("bad.key", bad_key),
+    ] {
+        std::fs::write(d.join(f), text).unwrap();
+    }
+    let (client_port, peer_port) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let log = std::fs::File::create(d.join("etcd.log")).unwrap();
+    let child = std::process::Command::new("etcd")
+        .args(["--name", "tls0", "--data-dir"])
+        .arg(d.join("data"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("tls0={peer}")])
+        .arg("--cert-file")
+        .arg(d.join("server.crt"))
+        .arg("--key-file")
+        .arg(d.join("server.key"))
+        .arg("--trusted-ca-file")
+        .arg(d.join("ca.crt"))
+        .arg("--client-cert-auth")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start etcd (Debian etcd-server; tests/run.sh installs it)");
+    let etcd = TlsEtcd { child, url };
+    let cluster = |cert: &str, key: &str, name: &str| {
+        format!(
+            "[cluster]\netcd = [{:?}]\ninstance = \"{name}\"\nprefix = \"/tls/\"\n\
+             ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nheartbeat = \"200ms\"\n\
+             lease_ttl = \"2s\"\nrequest_timeout = \"500ms\"\nstart_timeout = \"{}\"\n",
+            etcd.url,
+            d.join("ca.crt").display().to_string(),
+            d.join(cert).display().to_string(),
+            d.join(key).display().to_string(),
+            // The refused instance waits this long before serving without the fleet's state.
+            if name == "gs-tls" { "10s" } else { "1s" },
+        )
+    };
+    let good = Server::start_with(Opts {
+        extra: cluster("tls.crt", "tls.key", "gs-tls"),
+        ..Default::default()
+    });
+    poll(Duration::from_secs(20), "connected over TLS", || {
+        (fleet(&good)["connected"] == true).then_some(())
+    });
+    start_drill(&good, "3s");
+    assert_eq!(
+        london(&good),
+        EASTUS,
+        "the drill went through etcd over TLS"
+    );
+
+    let bad = Server::start_with(Opts {
+        extra: cluster("bad.crt", "bad.key", "gs-stranger"),
+        ..Default::default()
+    });
+    let f = fleet(&bad);
+    assert_eq!(
+        f["connected"], false,
+        "a stranger's certificate is refused: {f}"
+    );
+    assert_eq!(
+        london(&bad),
+        WESTEUROPE,
+        "it serves on, from its own (empty) state"
+    );
+    let (code, body) = http(
+        admin(&bad),
+        "POST",
+        "/api/force",
+        Some(TOKEN),
+        Some(r#"{"endpoint":"mqtt/westeurope","action":"down"}"#),
+    );
+    assert_eq!(code, 503, "{body}");
+}
