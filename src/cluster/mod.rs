@@ -52,6 +52,11 @@ pub struct Settings {
     pub start_timeout: Duration,
     /// Time limit of one etcd request (per endpoint tried).
     pub request_timeout: Duration,
+    /// The fleet's health rule: how many instances' "down" make an endpoint down.
+    pub quorum: crate::health::votes::Quorum,
+    /// Past this long without etcd, the other instances' votes are stale and this instance's
+    /// own verdicts rule again.
+    pub votes_stale_after: Duration,
     /// TLS material read when the configuration loaded (so a bad file is a config error at
     /// its line, never a run-time surprise).
     pub tls: Tls,

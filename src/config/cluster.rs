@@ -41,6 +41,17 @@ pub(super) struct RawCluster {
     start_timeout: Duration,
     #[serde(default = "default_request_timeout", with = "de::duration")]
     request_timeout: Duration,
+    #[serde(default = "default_quorum")]
+    quorum: String,
+    #[serde(default = "default_votes_stale_after", with = "de::duration")]
+    votes_stale_after: Duration,
+}
+
+fn default_quorum() -> String {
+    "majority".into()
+}
+fn default_votes_stale_after() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_prefix() -> String {
@@ -155,6 +166,20 @@ pub(super) fn validate(
                 .into(),
         );
     }
+    let quorum = match crate::health::votes::Quorum::parse(&raw.quorum) {
+        Ok(q) => q,
+        Err(e) => {
+            err("quorum", e);
+            crate::health::votes::Quorum::default()
+        }
+    };
+    if raw.votes_stale_after < raw.heartbeat {
+        err(
+            "votes_stale_after",
+            "must be at least the heartbeat (else every slow request would drop the fleet's votes)"
+                .into(),
+        );
+    }
     let https = urls.iter().any(|u| u.scheme() == "https");
     let mut tls = Tls::default();
     if let Some(p) = &raw.ca_file {
@@ -245,6 +270,8 @@ pub(super) fn validate(
         lease_ttl: raw.lease_ttl,
         start_timeout: raw.start_timeout,
         request_timeout: raw.request_timeout,
+        quorum,
+        votes_stale_after: raw.votes_stale_after,
         tls,
     };
     // Build the client once here (no I/O): a certificate and key that do not belong together,

@@ -9,6 +9,7 @@ pub mod load;
 pub mod monitor;
 pub mod state;
 pub mod tls;
+pub mod votes;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -192,6 +193,12 @@ pub struct EndpointStatus {
     /// Unix time at which the endpoint's TLS certificate expires, as last seen by a probe
     /// (kept while later handshakes fail, e.g. because it has expired).
     pub cert_not_after_unix: Option<i64>,
+    /// Fleet mode: every instance's vote, this one's first (empty standalone, or while the
+    /// fleet's votes are stale).
+    pub votes: Vec<votes::Vote>,
+    /// Fleet mode: the verdict the quorum rule gives (`None` = this instance's own verdict
+    /// rules).
+    pub fleet_up: Option<bool>,
 }
 
 /// Health of every endpoint as routing reads it, immutable once published: one compact value

@@ -530,6 +530,12 @@ struct EndpointView {
     load_error: Option<String>,
     recovery_ramp: f64,
     cert_not_after_unix: Option<i64>,
+    /// Fleet mode: every instance's vote on this endpoint, this instance's first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    votes: Vec<crate::health::votes::Vote>,
+    /// Fleet mode: the quorum rule's verdict (what routing uses), when votes are in use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet_up: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -601,6 +607,8 @@ async fn status(AxState(c): AxState<Shared>) -> Response {
                         load_error: d.and_then(|d| d.load_error.clone()),
                         recovery_ramp: h.ramp,
                         cert_not_after_unix: d.and_then(|d| d.cert_not_after_unix),
+                        votes: d.map(|d| d.votes.clone()).unwrap_or_default(),
+                        fleet_up: d.and_then(|d| d.fleet_up),
                     }
                 })
                 .collect(),

@@ -42,6 +42,7 @@ use super::store::Persisted;
 use crate::base::{Clock, Counter};
 use crate::cluster::Settings;
 use crate::cluster::etcd::{self, Compare, Event, Kv, Op};
+use crate::health::votes::{Vote, Votes};
 use crate::health::{ForceEntry, ForceTarget};
 
 /// How long an instance gives a drill's starter, past the drill's expiry, to finish it before
@@ -81,6 +82,17 @@ pub struct InstanceResult {
     pub during: Vec<String>,
     /// Answers after the drill.
     pub after: Vec<String>,
+}
+
+/// One endpoint's vote as this instance publishes it (the key is the endpoint key).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OwnVote {
+    /// Its probes say up.
+    pub up: bool,
+    /// Smoothed probe RTT, ms (one decimal).
+    pub rtt_ms: Option<f64>,
+    /// Since when, Unix seconds.
+    pub since_unix: f64,
 }
 
 /// One profile's answer for one sample subnet, as an instance serves it now.
@@ -250,6 +262,8 @@ pub struct Fleet {
     verifying: Mutex<BTreeSet<String>>,
     /// Operator changes refused because etcd was unreachable.
     pub writes_refused: Counter,
+    /// The prober weighs the fleet's votes (false: none yet, or stale).
+    votes_in_use: AtomicBool,
     started_unix: u64,
     /// Configuration digest and the generation it is for.
     digest: Mutex<(u64, String)>,
@@ -295,6 +309,7 @@ impl Fleet {
             resync: Notify::new(),
             verifying: Mutex::default(),
             writes_refused: Counter::default(),
+            votes_in_use: AtomicBool::new(false),
             started_unix: clock.unix_secs(),
             digest: Mutex::new((0, String::new())),
         }))
@@ -389,6 +404,7 @@ impl Fleet {
                     self.mark(true, "start-up read", None);
                     info!(revision = rev, instance = %self.settings.instance, "fleet: state read from etcd");
                     self.apply(control).await;
+                    self.push_votes(control).await;
                     return;
                 }
                 Ok(Err(e)) => {
@@ -529,6 +545,8 @@ impl Fleet {
     ) {
         let (me, c, s) = (self.clone(), control.clone(), stop.clone());
         tasks.spawn(async move { me.watch_loop(c, s).await });
+        let (me, c, s) = (self.clone(), control.clone(), stop.clone());
+        tasks.spawn(async move { me.votes_loop(c, s).await });
         let me = self.clone();
         tasks.spawn(async move { me.heartbeat_loop(control, stop).await });
     }
@@ -544,6 +562,7 @@ impl Fleet {
                     Ok(_) => {
                         self.mark(true, "read", None);
                         self.apply(&control).await;
+                        self.push_votes(&control).await;
                     }
                     Err(e) => {
                         self.mark(false, "read", Some(&e));
@@ -576,8 +595,12 @@ impl Fleet {
                 };
                 match next {
                     Ok(Some((rev, events))) => {
-                        if self.take(rev, events) {
+                        let (changed, votes_changed) = self.take(rev, events);
+                        if changed {
                             self.apply(&control).await;
+                        }
+                        if votes_changed {
+                            self.push_votes(&control).await;
                         }
                     }
                     Ok(None) => {
@@ -594,11 +617,14 @@ impl Fleet {
         }
     }
 
-    /// Applies watch events to the mirror; true when forced states or drills changed.
-    fn take(&self, rev: i64, events: Vec<Event>) -> bool {
+    /// Applies watch events to the mirror; returns whether forced states or drills changed,
+    /// and whether votes did.
+    fn take(&self, rev: i64, events: Vec<Event>) -> (bool, bool) {
         let now = ms(&self.clock);
         let control_areas = [self.key("force/"), self.key("drill/")];
+        let votes_area = self.key("votes/");
         let mut changed = false;
+        let mut votes_changed = false;
         let mut m = self.mirror();
         for e in events {
             let (key, applied, stamp) = match e {
@@ -609,6 +635,9 @@ impl Fleet {
                 }
                 Event::Delete { key, revision } => (key.clone(), m.delete(key, revision), None),
             };
+            if applied && key.starts_with(&votes_area) {
+                votes_changed = true;
+            }
             if applied && control_areas.iter().any(|a| key.starts_with(a)) {
                 changed = true;
                 if let Some(at) = stamp {
@@ -621,7 +650,7 @@ impl Fleet {
         if rev > self.revision.load(Ordering::Relaxed) {
             self.revision.store(rev, Ordering::Relaxed);
         }
-        changed
+        (changed, votes_changed)
     }
 
     async fn heartbeat_loop(self: Arc<Self>, control: Arc<Control>, stop: CancellationToken) {
@@ -654,6 +683,16 @@ impl Fleet {
                     self.mark(false, "heartbeat", Some(&e));
                     if was {
                         self.resync.notify_one();
+                    }
+                    let confirmed = self.confirmed_ms.load(Ordering::Relaxed);
+                    let stale = ms(&self.clock).saturating_sub(confirmed)
+                        > self.settings.votes_stale_after.as_millis() as u64;
+                    if stale && self.votes_in_use.swap(false, Ordering::Relaxed) {
+                        warn!(
+                            stale_after = ?self.settings.votes_stale_after,
+                            "fleet: the other instances' votes are stale (etcd unreachable); this instance's own probe verdicts rule until it is back"
+                        );
+                        control.prober.set_votes(None).await;
                     }
                 }
             }
@@ -739,6 +778,114 @@ impl Fleet {
             started_unix: self.started_unix,
             heartbeat_ms: ms(&self.clock),
             serving: control.sample_answers(),
+        }
+    }
+
+    /// Hands the other instances' votes (from the mirror) to the prober.
+    async fn push_votes(&self, control: &Arc<Control>) {
+        let mine = self.key(&format!("votes/{}", self.settings.instance));
+        let mut others: HashMap<Arc<str>, Vec<Vote>> = HashMap::new();
+        {
+            let m = self.mirror();
+            for (k, v, _) in m.under(&self.key("votes/")) {
+                if k == mine {
+                    continue;
+                }
+                let Some(s) = decode::<BTreeMap<String, OwnVote>>(v) else {
+                    continue;
+                };
+                for (key, vote) in s.value {
+                    others
+                        .entry(Arc::from(key.as_str()))
+                        .or_default()
+                        .push(Vote {
+                            instance: s.by.clone(),
+                            up: vote.up,
+                            rtt_ms: vote.rtt_ms,
+                            since_unix: vote.since_unix,
+                        });
+                }
+            }
+        }
+        for list in others.values_mut() {
+            list.sort_by(|a, b| a.instance.cmp(&b.instance));
+        }
+        self.votes_in_use.store(true, Ordering::Relaxed);
+        control
+            .prober
+            .set_votes(Some(Votes {
+                quorum: self.settings.quorum,
+                instance: self.settings.instance.clone(),
+                others,
+            }))
+            .await;
+    }
+
+    /// Publishes this instance's own probe verdicts (its votes) under its lease whenever one
+    /// changes — not on every probe: at rest nothing is written, so 1,000 endpoints × 9
+    /// instances cost nothing until verdicts change. Checked every 50 ms; at most one write
+    /// per 100 ms; rewritten whole after a new lease (the old one's keys are gone).
+    async fn votes_loop(self: Arc<Self>, control: Arc<Control>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut published: Option<(i64, BTreeMap<String, bool>)> = None;
+        let mut last_write = tokio::time::Instant::now() - Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let lease = self.lease.load(Ordering::Relaxed);
+            if lease == 0 || !self.connected() || last_write.elapsed() < Duration::from_millis(100)
+            {
+                continue;
+            }
+            let health = control.health.load();
+            let mut votes: BTreeMap<String, OwnVote> = BTreeMap::new();
+            for (k, d) in &health.status.details {
+                let up = match d.state {
+                    crate::health::MonitorState::Online => true,
+                    crate::health::MonitorState::Degraded => false,
+                    _ => continue,
+                };
+                votes.insert(
+                    k.to_string(),
+                    OwnVote {
+                        up,
+                        rtt_ms: d.rtt_ms.map(|r| (r * 10.0).round() / 10.0),
+                        since_unix: d.since_unix.floor(),
+                    },
+                );
+            }
+            let ups: BTreeMap<String, bool> =
+                votes.iter().map(|(k, v)| (k.clone(), v.up)).collect();
+            if published
+                .as_ref()
+                .is_some_and(|(l, p)| *l == lease && *p == ups)
+            {
+                continue;
+            }
+            let key = self.key(&format!("votes/{}", self.settings.instance));
+            let value = self.stamp(&votes);
+            last_write = tokio::time::Instant::now();
+            match self
+                .client
+                .txn(
+                    &[],
+                    &[Op::Put {
+                        key: key.clone(),
+                        value: value.clone(),
+                        lease,
+                    }],
+                )
+                .await
+            {
+                Ok((_, rev)) => {
+                    self.mirror().put(key, value, rev);
+                    published = Some((lease, ups));
+                }
+                Err(e) => warn!(error = %e, "fleet: votes not published"),
+            }
         }
     }
 

@@ -29,6 +29,7 @@ use crate::health::StatusSnapshot;
 use crate::health::load::CapacitySpec;
 use crate::health::monitor::{MonitorSpec, Protocol};
 use crate::health::state::Tracker;
+use crate::health::votes::{Vote, Votes};
 use crate::health::{
     EndpointHealth, EndpointStatus, Force, ForceEntry, ForceOrigin, ForceTarget, HealthSnapshot,
     MonitorState,
@@ -197,6 +198,8 @@ enum Msg {
     Reconfigure(Plan),
     /// New forced states; the sender (if any) hears once they are published.
     Forced(Vec<ForceEntry>, Option<tokio::sync::oneshot::Sender<()>>),
+    /// The fleet's votes (`None`: no fleet, or its votes are stale — own verdicts rule).
+    Votes(Option<Votes>),
 }
 
 /// A table's probing plan.
@@ -272,6 +275,12 @@ impl Prober {
         let _ = self.tx.send(Msg::Reconfigure(Plan::of(table))).await;
     }
 
+    /// Replaces the other instances' votes (fleet mode; `None` = own verdicts rule). The
+    /// prober republishes at once.
+    pub async fn set_votes(&self, votes: Option<Votes>) {
+        let _ = self.tx.send(Msg::Votes(votes)).await;
+    }
+
     /// Replaces the set of forced states (the prober republishes at once).
     pub async fn set_forced(&self, forced: Vec<ForceEntry>) {
         let (ack, published) = tokio::sync::oneshot::channel();
@@ -308,6 +317,7 @@ pub fn spawn(
         trackers: HashMap::new(),
         details: HashMap::new(),
         forced,
+        votes: None,
         state_changes: 0,
         failed_open: Vec::new(),
         fail_open_transitions: 0,
@@ -337,6 +347,8 @@ struct Publisher {
     trackers: HashMap<Arc<str>, Tracker>,
     details: HashMap<Arc<str>, EndpointStatus>,
     forced: Vec<ForceEntry>,
+    /// The fleet's votes, when there is a fleet and they are fresh.
+    votes: Option<Votes>,
     state_changes: u64,
     /// Profiles failing open in the last snapshot, and transitions since start.
     failed_open: Vec<String>,
@@ -523,7 +535,7 @@ impl Publisher {
                         now,
                     );
                     EndpointHealth {
-                        state: t.state(),
+                        state: self.fleet_state(key, t),
                         rtt_ms: t.rtt_ms(),
                         short_ttl: t.short_ttl(now),
                         forced: Vec::new(),
@@ -552,7 +564,30 @@ impl Publisher {
             }
         }
         for (k, t) in &self.trackers {
+            let fleet_up = self
+                .votes
+                .as_ref()
+                .map(|_| self.fleet_state(k, t) == MonitorState::Online);
+            let votes = self.votes.as_ref().map(|v| {
+                let own = match t.state() {
+                    MonitorState::Online => Some(true),
+                    MonitorState::Degraded => Some(false),
+                    _ => None,
+                };
+                let (since, _) = t.last_change();
+                own.map(|up| Vote {
+                    instance: v.instance.clone(),
+                    up,
+                    rtt_ms: t.rtt_ms(),
+                    since_unix: unix - now.saturating_duration_since(since).as_secs_f64(),
+                })
+                .into_iter()
+                .chain(v.others.get(k).cloned().unwrap_or_default())
+                .collect::<Vec<_>>()
+            });
             if let Some(d) = self.details.get_mut(k) {
+                d.fleet_up = fleet_up;
+                d.votes = votes.unwrap_or_default();
                 d.state = t.state();
                 d.rtt_ms = t.rtt_ms();
                 let (since, reason) = t.last_change();
@@ -581,6 +616,33 @@ impl Publisher {
         self.note_fail_open(&snap, &mut status);
         snap.status = Arc::new(status);
         self.health.store(Arc::new(snap));
+    }
+
+    /// The state routing uses for a probed endpoint: this instance's own verdict, or — in
+    /// fleet mode, with fresh votes — the quorum rule's verdict over its own vote and the other
+    /// instances' (`health::votes`). An instance without a verdict yet (CheckingEndpoint)
+    /// takes the fleet's when there is one.
+    fn fleet_state(&self, key: &Arc<str>, t: &Tracker) -> MonitorState {
+        let own = t.state();
+        let Some(votes) = &self.votes else {
+            return own;
+        };
+        let others = votes.others.get(key).map(Vec::as_slice).unwrap_or_default();
+        let own_vote = match own {
+            MonitorState::Online => Some(true),
+            MonitorState::Degraded => Some(false),
+            _ => None,
+        };
+        let voters = others.len() + usize::from(own_vote.is_some());
+        if voters == 0 {
+            return own;
+        }
+        let down = others.iter().filter(|v| !v.up).count() + usize::from(own_vote == Some(false));
+        if votes.quorum.is_down(down, voters) {
+            MonitorState::Degraded
+        } else {
+            MonitorState::Online
+        }
     }
 
     /// Finds the profiles that fail open in `snap` (the one rule: `RoutingTable::fails_open`)
@@ -672,6 +734,11 @@ impl Publisher {
                         // Load moves answers (spill-over): publish at once.
                         self.publish();
                     }
+                }
+                Msg::Votes(v) => {
+                    self.votes = v;
+                    self.publish();
+                    last_publish = Instant::now();
                 }
                 Msg::Forced(f, ack) => {
                     self.forced = f;
