@@ -44,6 +44,9 @@ pub struct Report {
     pub scope: u8,
     /// Whether fail-open applied.
     pub failed_open: bool,
+    /// Fleet mode: the vantage points (instance names) estimates `via` refer to, by index.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vantages: Vec<String>,
 }
 
 /// Explains the answer for `name` (a traffic profile's owner).
@@ -72,7 +75,7 @@ pub fn explain(
     let sel = state
         .routing
         .select(p, family, &c, health, Some(&mut trace));
-    Ok(Report::new(
+    let mut report = Report::new(
         &state.routing.profiles[p],
         family,
         client,
@@ -81,7 +84,14 @@ pub fn explain(
         placed,
         trace,
         &sel,
-    ))
+    );
+    report.vantages = health
+        .vantages
+        .points
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    Ok(report)
 }
 
 impl Report {
@@ -110,6 +120,7 @@ impl Report {
             ttl: sel.ttl,
             scope: sel.scope,
             failed_open: sel.failed_open,
+            vantages: Vec::new(),
         }
     }
 }
@@ -168,7 +179,18 @@ impl fmt::Display for Report {
                     if let Some(ms) = est.measured_ms {
                         let _ = write!(terms, " measured {ms:.1} ms");
                     }
-                    let _ = write!(terms, " excess {:.1} ms", est.excess_ms);
+                    if let Some((j, ms)) = est.via {
+                        let vantage = self
+                            .vantages
+                            .get(usize::from(j))
+                            .map_or_else(|| format!("#{j}"), Clone::clone);
+                        let _ = write!(
+                            terms,
+                            " via vantage {vantage} {ms:.1} ms (model to {vantage} + its probe RTT)"
+                        );
+                    } else {
+                        let _ = write!(terms, " excess {:.1} ms", est.excess_ms);
+                    }
                     match est.total_ms {
                         Some(t) => {
                             let _ = write!(terms, " → estimate {t:.1} ms");

@@ -208,6 +208,9 @@ pub struct EndpointStatus {
 #[derive(Debug, Clone, Default)]
 pub struct HealthSnapshot {
     by_key: crate::base::FastMap<Arc<str>, EndpointHealth>,
+    /// Fleet mode: the measured RTT matrix (empty standalone, or while the fleet's votes are
+    /// stale).
+    pub vantages: Arc<votes::Vantages>,
     /// The operator's view published with this snapshot.
     pub status: Arc<StatusSnapshot>,
 }

@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::geo::GeoPoint;
+
 /// How many "down" votes make an endpoint down for the fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Quorum {
@@ -88,6 +90,17 @@ pub struct Vote {
     pub since_unix: f64,
 }
 
+/// The fleet's measured RTT matrix: where the instances are (their vantage points) and what
+/// each one's probes measure to each endpoint. The performance method estimates a client's
+/// RTT to an endpoint through the vantage points (see `routing::method::performance`).
+#[derive(Debug, Clone, Default)]
+pub struct Vantages {
+    /// Instance names and locations; the index is what [`Self::rtt`] refers to.
+    pub points: Vec<(String, GeoPoint)>,
+    /// Per endpoint key: (vantage index, probe RTT ms) for every vantage with a measurement.
+    pub rtt: crate::base::FastMap<Arc<str>, Vec<(u16, f64)>>,
+}
+
 /// The other instances' votes, per endpoint key, and the rule that weighs them.
 #[derive(Debug, Clone, Default)]
 pub struct Votes {
@@ -97,6 +110,8 @@ pub struct Votes {
     pub instance: String,
     /// Other instances' votes per endpoint key (this instance's own opinion is its tracker's).
     pub others: HashMap<Arc<str>, Vec<Vote>>,
+    /// Where each instance is (its vantage point), this one included when it has a location.
+    pub points: HashMap<String, GeoPoint>,
 }
 
 #[cfg(test)]

@@ -48,6 +48,9 @@ use crate::health::{ForceEntry, ForceTarget};
 /// How long an instance gives a drill's starter, past the drill's expiry, to finish it before
 /// finishing it itself in etcd.
 const STARTER_GRACE: Duration = Duration::from_secs(2);
+/// Shortest interval between two vote writes that only carry RTT changes (verdict changes are
+/// written at once).
+const VOTE_RTT_EVERY: Duration = Duration::from_secs(2);
 /// Poll interval while an instance verifies a drill through its own handler.
 const VERIFY_EVERY: Duration = Duration::from_millis(20);
 /// How long an instance waits for a drill's move, or its revert, before reporting failure.
@@ -82,6 +85,16 @@ pub struct InstanceResult {
     pub during: Vec<String>,
     /// Answers after the drill.
     pub after: Vec<String>,
+}
+
+/// An instance's votes as published (`votes/<instance>`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VotesDoc {
+    /// Where the instance is (`[routing] server_region` or lat/lon): its vantage point, as
+    /// [lat, lon]; `None` = no location (its votes count, its RTTs do not steer).
+    pub at: Option<[f64; 2]>,
+    /// Its vote per endpoint key.
+    pub endpoints: BTreeMap<String, OwnVote>,
 }
 
 /// One endpoint's vote as this instance publishes it (the key is the endpoint key).
@@ -785,16 +798,26 @@ impl Fleet {
     async fn push_votes(&self, control: &Arc<Control>) {
         let mine = self.key(&format!("votes/{}", self.settings.instance));
         let mut others: HashMap<Arc<str>, Vec<Vote>> = HashMap::new();
+        let mut points = HashMap::new();
+        if let Some(p) = control.state.load().routing.model.server {
+            points.insert(self.settings.instance.clone(), p);
+        }
         {
             let m = self.mirror();
             for (k, v, _) in m.under(&self.key("votes/")) {
                 if k == mine {
                     continue;
                 }
-                let Some(s) = decode::<BTreeMap<String, OwnVote>>(v) else {
+                let Some(s) = decode::<VotesDoc>(v) else {
                     continue;
                 };
-                for (key, vote) in s.value {
+                if let Some([lat, lon]) = s.value.at {
+                    let p = crate::geo::GeoPoint { lat, lon };
+                    if p.is_valid() {
+                        points.insert(s.by.clone(), p);
+                    }
+                }
+                for (key, vote) in s.value.endpoints {
                     others
                         .entry(Arc::from(key.as_str()))
                         .or_default()
@@ -817,6 +840,7 @@ impl Fleet {
                 quorum: self.settings.quorum,
                 instance: self.settings.instance.clone(),
                 others,
+                points,
             }))
             .await;
     }
@@ -828,7 +852,7 @@ impl Fleet {
     async fn votes_loop(self: Arc<Self>, control: Arc<Control>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut published: Option<(i64, BTreeMap<String, bool>)> = None;
+        let mut published: Option<(i64, VotesDoc)> = None;
         let mut last_write = tokio::time::Instant::now() - Duration::from_secs(1);
         loop {
             tokio::select! {
@@ -841,14 +865,23 @@ impl Fleet {
                 continue;
             }
             let health = control.health.load();
-            let mut votes: BTreeMap<String, OwnVote> = BTreeMap::new();
+            let mut doc = VotesDoc {
+                at: control
+                    .state
+                    .load()
+                    .routing
+                    .model
+                    .server
+                    .map(|p| [p.lat, p.lon]),
+                endpoints: BTreeMap::new(),
+            };
             for (k, d) in &health.status.details {
                 let up = match d.state {
                     crate::health::MonitorState::Online => true,
                     crate::health::MonitorState::Degraded => false,
                     _ => continue,
                 };
-                votes.insert(
+                doc.endpoints.insert(
                     k.to_string(),
                     OwnVote {
                         up,
@@ -857,16 +890,20 @@ impl Fleet {
                     },
                 );
             }
-            let ups: BTreeMap<String, bool> =
-                votes.iter().map(|(k, v)| (k.clone(), v.up)).collect();
-            if published
-                .as_ref()
-                .is_some_and(|(l, p)| *l == lease && *p == ups)
-            {
+            let due = match &published {
+                None => true,
+                Some((l, old)) => {
+                    *l != lease
+                        || old.at != doc.at
+                        || verdicts_differ(old, &doc)
+                        || (last_write.elapsed() >= VOTE_RTT_EVERY && rtts_moved(old, &doc))
+                }
+            };
+            if !due {
                 continue;
             }
             let key = self.key(&format!("votes/{}", self.settings.instance));
-            let value = self.stamp(&votes);
+            let value = self.stamp(&doc);
             last_write = tokio::time::Instant::now();
             match self
                 .client
@@ -882,7 +919,7 @@ impl Fleet {
             {
                 Ok((_, rev)) => {
                     self.mirror().put(key, value, rev);
-                    published = Some((lease, ups));
+                    published = Some((lease, doc));
                 }
                 Err(e) => warn!(error = %e, "fleet: votes not published"),
             }
@@ -1233,6 +1270,30 @@ pub fn render_metrics(fleet: Option<&Fleet>, o: &mut String) {
         "counter",
         one(fleet.map(|_| t.bytes.get() as f64)),
     );
+}
+
+/// Whether any endpoint's up/down differs between two vote documents (or the endpoint set).
+fn verdicts_differ(a: &VotesDoc, b: &VotesDoc) -> bool {
+    a.endpoints.len() != b.endpoints.len()
+        || a.endpoints
+            .iter()
+            .any(|(k, v)| b.endpoints.get(k).is_none_or(|w| w.up != v.up))
+}
+
+/// Whether an endpoint's RTT moved enough to be worth republishing: by more than 20 % and
+/// 2 ms (noise below that would only shuffle the other instances' rankings, which their
+/// hysteresis would then hold anyway).
+fn rtts_moved(a: &VotesDoc, b: &VotesDoc) -> bool {
+    b.endpoints.iter().any(
+        |(k, v)| match (a.endpoints.get(k).and_then(|w| w.rtt_ms), v.rtt_ms) {
+            (Some(old), Some(new)) => {
+                let d = (new - old).abs();
+                d > 2.0 && d > old * 0.2
+            }
+            (None, Some(_)) => true,
+            _ => false,
+        },
+    )
 }
 
 /// FNV-1a over every file's name and contents: stable across versions and processes (the

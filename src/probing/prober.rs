@@ -586,6 +586,21 @@ impl Publisher {
                 .collect::<Vec<_>>()
             });
             if let Some(d) = self.details.get_mut(k) {
+                if let (Some(was), Some(now_up)) = (d.fleet_up, fleet_up)
+                    && was != now_up
+                {
+                    let votes_text: Vec<String> = votes
+                        .iter()
+                        .flatten()
+                        .map(|v| format!("{}={}", v.instance, if v.up { "up" } else { "down" }))
+                        .collect();
+                    info!(
+                        endpoint = %k,
+                        up = now_up,
+                        votes = %votes_text.join(" "),
+                        "fleet verdict changed"
+                    );
+                }
                 d.fleet_up = fleet_up;
                 d.votes = votes.unwrap_or_default();
                 d.state = t.state();
@@ -613,9 +628,46 @@ impl Publisher {
             forced: self.forced.clone(),
             ..Default::default()
         };
+        if let Some(v) = &self.votes {
+            snap.vantages = Arc::new(self.vantages(v));
+        }
         self.note_fail_open(&snap, &mut status);
         snap.status = Arc::new(status);
         self.health.store(Arc::new(snap));
+    }
+
+    /// The fleet's RTT matrix: every instance with a location is a vantage point; this one's
+    /// RTTs are its held (hysteresis) RTTs, the others' what they last published.
+    fn vantages(&self, v: &Votes) -> crate::health::votes::Vantages {
+        let mut names: Vec<&String> = v.points.keys().collect();
+        names.sort();
+        let points: Vec<(String, crate::geo::GeoPoint)> =
+            names.iter().map(|n| ((*n).clone(), v.points[*n])).collect();
+        let index = |name: &str| {
+            points
+                .iter()
+                .position(|(n, _)| n == name)
+                .and_then(|i| u16::try_from(i).ok())
+        };
+        let mut rtt: crate::base::FastMap<Arc<str>, Vec<(u16, f64)>> = Default::default();
+        if let Some(me) = index(&v.instance) {
+            for (k, t) in &self.trackers {
+                let held = self.held.get(k).and_then(|h| h.value);
+                if let Some(ms) = held.or(t.rtt_ms())
+                    && t.state() == MonitorState::Online
+                {
+                    rtt.entry(k.clone()).or_default().push((me, ms));
+                }
+            }
+        }
+        for (k, list) in &v.others {
+            for vote in list.iter().filter(|vote| vote.up) {
+                if let (Some(i), Some(ms)) = (index(&vote.instance), vote.rtt_ms) {
+                    rtt.entry(k.clone()).or_default().push((i, ms));
+                }
+            }
+        }
+        crate::health::votes::Vantages { points, rtt }
     }
 
     /// The state routing uses for a probed endpoint: this instance's own verdict, or — in

@@ -52,6 +52,10 @@ pub struct Estimate {
     pub excess_ms: f64,
     /// The estimate used for ranking; `None` when the client's location is unknown.
     pub total_ms: Option<f64>,
+    /// Fleet mode: the estimate through the fleet's vantage points — (vantage index in
+    /// `HealthSnapshot::vantages`, client → vantage by the model + the vantage's probe RTT) —
+    /// when it replaced distance + excess in `total_ms`.
+    pub via: Option<(u16, f64)>,
 }
 
 impl Model {
@@ -83,6 +87,7 @@ impl Model {
             measured_ms,
             excess_ms,
             total_ms: path.map(|p| p + excess_ms),
+            via: None,
         }
     }
 }

@@ -37,16 +37,42 @@ pub(super) fn pick<'a>(
         want,
     } = *cx;
     let eps = &profile.endpoints;
+    // Fleet mode: the model's RTT from the client to each vantage point (the instances'
+    // locations), for estimates through the fleet's measured RTT matrix. Empty standalone.
+    let vantages = &health.vantages;
+    let to_vantage: Small<f64> = match client.loc.point {
+        Some(c) if !vantages.points.is_empty() => vantages
+            .points
+            .iter()
+            .map(|(_, p)| table.model.rtt_for_km(c.distance_km(p)))
+            .collect(),
+        _ => Small::new(),
+    };
     for &i in cands {
         let h = health.get(&eps[i].key);
         let measured = table.measured.lookup(&client.loc, eps[i].region.as_deref());
         // Ranking uses the held RTT (hysteresis), not every probe's wobble.
         let rtt = h.rank_rtt_ms.or(h.rtt_ms);
-        estimates[i] = Some(
-            table
-                .model
-                .estimate(client.loc.point, eps[i].point, rtt, measured),
-        );
+        let mut estimate = table
+            .model
+            .estimate(client.loc.point, eps[i].point, rtt, measured);
+        // Measured steering: client → vantage (model) + vantage → endpoint (that vantage's
+        // probe RTT), the shortest such path over the vantages that measure the endpoint —
+        // the nearest vantage's in the usual case. An operator-measured RTT for the client's
+        // network still wins; no vantage data: distance + excess, as standalone.
+        if measured.is_none()
+            && !to_vantage.is_empty()
+            && let Some(list) = vantages.rtt.get(&eps[i].key)
+            && let Some(via) = list
+                .iter()
+                .filter_map(|&(j, ms)| Some((j, to_vantage.get(usize::from(j))? + ms)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+        {
+            estimate.total_ms = Some(via.1);
+            estimate.excess_ms = 0.0;
+            estimate.via = Some(via);
+        }
+        estimates[i] = Some(estimate);
     }
     let total = |i: usize| estimates[i].and_then(|e| e.total_ms);
     // Distance (or measured) only: the client's natural home, immune to RTT noise.
