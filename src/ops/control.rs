@@ -637,7 +637,11 @@ impl Control {
                         action,
                         scope,
                         reason: reason.clone(),
-                        until: duration.map(|d| self.clock.unix_secs() + d.as_secs().max(1)),
+                        // Rounded up to the second: at least as long as asked.
+                        until: duration.map(|d| {
+                            (started_ms(&self.clock) + d.as_millis().max(1000) as u64)
+                                .div_ceil(1000)
+                        }),
                     },
                     drill: None,
                 });
@@ -829,7 +833,10 @@ impl Control {
             started_ms: started_ms(&self.clock),
             ended_ms: None,
             by: self.fleet().map(|f| f.instance().to_string()),
-            until_unix: started + duration.as_secs().max(1),
+            // Whole seconds (the force's resolution), rounded up: a drill lasts at least as
+            // long as asked, not up to a second less.
+            until_unix: (started_ms(&self.clock) + duration.as_millis().max(1000) as u64)
+                .div_ceil(1000),
             status: if req.dry_run {
                 DrillStatus::DryRun
             } else {
@@ -987,9 +994,9 @@ impl Control {
         let Some(record) = self.drills().into_iter().find(|d| d.id == id) else {
             return;
         };
-        let left = record.until_unix.saturating_sub(self.clock.unix_secs());
+        let left_ms = (record.until_unix * 1000).saturating_sub(started_ms(&self.clock));
         let stopped = tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(left)) => false,
+            _ = tokio::time::sleep(Duration::from_millis(left_ms)) => false,
             _ = stop.notified() => true,
         };
         let lifted_at = tokio::time::Instant::now();

@@ -636,6 +636,13 @@ impl Publisher {
         self.health.store(Arc::new(snap));
     }
 
+    /// When the next timed force ends, as a runtime instant (`None`: none is timed).
+    fn next_expiry(&self) -> Option<Instant> {
+        let until = self.forced.iter().filter_map(|f| f.force.until).min()?;
+        let left_ms = (until as f64 * 1000.0 - self.clock.unix_f64() * 1000.0).max(0.0);
+        Some(Instant::now() + Duration::from_millis(left_ms as u64 + 1))
+    }
+
     /// The fleet's RTT matrix: every instance with a location is a vantage point; this one's
     /// RTTs are its held (hysteresis) RTTs, the others' what they last published.
     fn vantages(&self, v: &Votes) -> crate::health::votes::Vantages {
@@ -741,9 +748,17 @@ impl Publisher {
         let mut urgent = false;
         let mut last_publish = Instant::now();
         loop {
+            // A timed force (or a drill) ends at its second exactly, not at the next tick: the
+            // snapshot without it is published at its `until` (+1 ms, so the clock has passed it).
+            let expiry = self.next_expiry();
             let msg = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                    self.publish();
+                    last_publish = Instant::now();
+                    continue;
+                }
                 _ = tokio::time::sleep_until(last_publish + URGENT_COALESCE), if urgent => {
                     self.publish();
                     last_publish = Instant::now();
