@@ -113,7 +113,7 @@ pub struct DrillRecord {
     pub verified_back: Option<bool>,
     /// Fleet mode: what every instance saw (filled in when read, never stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fleet: Option<super::fleet::FleetDrill>,
+    pub fleet: Option<FleetDrill>,
 }
 
 impl DrillRecord {
@@ -289,4 +289,36 @@ pub fn resolve(handler: &Handler, name: &str, subnet: &IpNet) -> String {
     } else {
         parts.join(" ")
     }
+}
+
+/// What one instance saw of a drill, verified through its own request handler.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct InstanceResult {
+    /// The instance.
+    pub instance: String,
+    /// Every sample expected to move did, on this instance (`None`: not known yet).
+    pub moved: Option<bool>,
+    /// From the drill's start to this instance serving the last moved answer, ms.
+    pub moved_ms: Option<u64>,
+    /// Every sample is back to its answer before the drill.
+    pub back: Option<bool>,
+    /// From the drill's end (expiry or stop) to this instance serving the old answers, ms.
+    pub back_ms: Option<u64>,
+    /// Answers during the drill, per sample (the drill record's order).
+    pub during: Vec<String>,
+    /// Answers after the drill.
+    pub after: Vec<String>,
+}
+
+/// A drill as the fleet saw it: one row per instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FleetDrill {
+    /// Per-instance results (instances that reported).
+    pub rows: Vec<InstanceResult>,
+    /// Live instances that have not reported.
+    pub missing: Vec<String>,
+    /// Every live instance reported its move, and every one moved.
+    pub verified_move: bool,
+    /// Every live instance reported its revert, and every one is back.
+    pub verified_back: bool,
 }

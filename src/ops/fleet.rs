@@ -33,28 +33,18 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::control::Control;
-use super::drill::{self, DrillRecord, DrillStatus};
+use super::drill::{DrillRecord, DrillStatus, FleetDrill, InstanceResult};
 use super::store::Persisted;
 use crate::base::{Clock, Counter};
 use crate::cluster::Settings;
 use crate::cluster::etcd::{self, Compare, Event, Kv, Op};
-use crate::health::votes::{Vote, Votes};
 use crate::health::{ForceEntry, ForceTarget};
 
 /// How long an instance gives a drill's starter, past the drill's expiry, to finish it before
 /// finishing it itself in etcd.
 const STARTER_GRACE: Duration = Duration::from_secs(2);
-/// Shortest interval between two vote writes that only carry RTT changes (verdict changes are
-/// written at once).
-const VOTE_RTT_EVERY: Duration = Duration::from_secs(2);
-/// Poll interval while an instance verifies a drill through its own handler.
-const VERIFY_EVERY: Duration = Duration::from_millis(20);
-/// How long an instance waits for a drill's move, or its revert, before reporting failure.
-const VERIFY_WITHIN: Duration = Duration::from_secs(15);
 
 /// A value as stored: who wrote it and when (milliseconds since the epoch, the writer's clock:
 /// the watch lag is measured against it).
@@ -66,25 +56,6 @@ pub struct Stamped<T> {
     pub at_ms: u64,
     /// The value.
     pub value: T,
-}
-
-/// What one instance saw of a drill, verified through its own request handler.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct InstanceResult {
-    /// The instance.
-    pub instance: String,
-    /// Every sample expected to move did, on this instance (`None`: not known yet).
-    pub moved: Option<bool>,
-    /// From the drill's start to this instance serving the last moved answer, ms.
-    pub moved_ms: Option<u64>,
-    /// Every sample is back to its answer before the drill.
-    pub back: Option<bool>,
-    /// From the drill's end (expiry or stop) to this instance serving the old answers, ms.
-    pub back_ms: Option<u64>,
-    /// Answers during the drill, per sample (the drill record's order).
-    pub during: Vec<String>,
-    /// Answers after the drill.
-    pub after: Vec<String>,
 }
 
 /// An instance's votes as published (`votes/<instance>`).
@@ -141,7 +112,7 @@ pub struct InstanceInfo {
 
 impl InstanceInfo {
     /// Equal but for the heartbeat time.
-    fn same_but_time(&self, other: &Self) -> bool {
+    pub(super) fn same_but_time(&self, other: &Self) -> bool {
         self.instance == other.instance
             && self.version == other.version
             && self.config_digest == other.config_digest
@@ -198,29 +169,16 @@ pub struct FleetView {
     pub disagreements: Vec<Disagreement>,
 }
 
-/// A drill as the fleet saw it: one row per instance.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FleetDrill {
-    /// Per-instance results (instances that reported).
-    pub rows: Vec<InstanceResult>,
-    /// Live instances that have not reported.
-    pub missing: Vec<String>,
-    /// Every live instance reported its move, and every one moved.
-    pub verified_move: bool,
-    /// Every live instance reported its revert, and every one is back.
-    pub verified_back: bool,
-}
-
 /// The mirror of the prefix: every key's value and revision, and the revision of deleted keys
 /// (so a late watch event can never resurrect what a newer write removed).
 #[derive(Default)]
-struct Mirror {
-    kv: BTreeMap<String, (Vec<u8>, i64)>,
+pub(super) struct Mirror {
+    pub(super) kv: BTreeMap<String, (Vec<u8>, i64)>,
     deleted: HashMap<String, i64>,
 }
 
 impl Mirror {
-    fn put(&mut self, key: String, value: Vec<u8>, rev: i64) -> bool {
+    pub(super) fn put(&mut self, key: String, value: Vec<u8>, rev: i64) -> bool {
         let newest = self.kv.get(&key).map_or(0, |(_, r)| *r);
         let gone = self.deleted.get(&key).copied().unwrap_or(0);
         if rev < newest || rev <= gone {
@@ -231,7 +189,7 @@ impl Mirror {
         true
     }
 
-    fn delete(&mut self, key: String, rev: i64) -> bool {
+    pub(super) fn delete(&mut self, key: String, rev: i64) -> bool {
         let newest = self.kv.get(&key).map_or(0, |(_, r)| *r);
         if rev < newest {
             return false;
@@ -241,7 +199,10 @@ impl Mirror {
         had
     }
 
-    fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a [u8], i64)> {
+    pub(super) fn under<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a [u8], i64)> {
         self.kv
             .range::<String, _>(prefix.to_string()..)
             .take_while(move |(k, _)| k.starts_with(prefix))
@@ -251,45 +212,45 @@ impl Mirror {
 
 /// This instance's link to the fleet.
 pub struct Fleet {
-    settings: Settings,
-    client: etcd::Client,
-    clock: Clock,
-    mirror: Mutex<Mirror>,
-    connected: AtomicBool,
+    pub(super) settings: Settings,
+    pub(super) client: etcd::Client,
+    pub(super) clock: Clock,
+    pub(super) mirror: Mutex<Mirror>,
+    pub(super) connected: AtomicBool,
     /// The "unreachable" warning was logged once (start-up without etcd logs it once, not per
     /// attempt).
-    warned_once: AtomicBool,
+    pub(super) warned_once: AtomicBool,
     /// Unix ms of the last confirmation of the view with etcd (0 = never).
-    confirmed_ms: AtomicU64,
+    pub(super) confirmed_ms: AtomicU64,
     /// Lag of the last change applied from the watch, ms.
-    watch_lag_ms: AtomicU64,
-    revision: AtomicI64,
-    lease: AtomicI64,
+    pub(super) watch_lag_ms: AtomicU64,
+    pub(super) revision: AtomicI64,
+    pub(super) lease: AtomicI64,
     /// The lease the registration was last written with.
-    lease_written: AtomicI64,
+    pub(super) lease_written: AtomicI64,
     /// The registration last written, and when (ms).
-    last_info: Mutex<Option<(u64, InstanceInfo)>>,
+    pub(super) last_info: Mutex<Option<(u64, InstanceInfo)>>,
     /// Wakes the watch loop to read everything again (after a lost connection).
-    resync: Notify,
+    pub(super) resync: Notify,
     /// Drills this instance verifies (or verified): one verifier per drill.
-    verifying: Mutex<BTreeSet<String>>,
+    pub(super) verifying: Mutex<BTreeSet<String>>,
     /// Operator changes refused because etcd was unreachable.
     pub writes_refused: Counter,
     /// The prober weighs the fleet's votes (false: none yet, or stale).
-    votes_in_use: AtomicBool,
-    started_unix: u64,
+    pub(super) votes_in_use: AtomicBool,
+    pub(super) started_unix: u64,
     /// Configuration digest and the generation it is for.
-    digest: Mutex<(u64, String)>,
+    pub(super) digest: Mutex<(u64, String)>,
 }
 
-fn ms(clock: &Clock) -> u64 {
+pub(super) fn ms(clock: &Clock) -> u64 {
     clock
         .now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Option<Stamped<T>> {
+pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Option<Stamped<T>> {
     serde_json::from_slice(bytes).ok()
 }
 
@@ -338,15 +299,15 @@ impl Fleet {
         self.connected.load(Ordering::Relaxed)
     }
 
-    fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
+    pub(super) fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
         self.mirror.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn key(&self, rest: &str) -> String {
+    pub(super) fn key(&self, rest: &str) -> String {
         format!("{}{rest}", self.settings.prefix)
     }
 
-    fn stamp<T: Serialize>(&self, value: T) -> Vec<u8> {
+    pub(super) fn stamp<T: Serialize>(&self, value: T) -> Vec<u8> {
         serde_json::to_vec(&Stamped {
             by: self.settings.instance.clone(),
             at_ms: ms(&self.clock),
@@ -355,7 +316,7 @@ impl Fleet {
         .unwrap_or_default()
     }
 
-    fn mark(&self, ok: bool, what: &str, error: Option<&etcd::EtcdError>) {
+    pub(super) fn mark(&self, ok: bool, what: &str, error: Option<&etcd::EtcdError>) {
         let was = self.connected.swap(ok, Ordering::Relaxed);
         if ok {
             self.confirmed_ms.store(ms(&self.clock), Ordering::Relaxed);
@@ -372,7 +333,7 @@ impl Fleet {
     }
 
     /// The forced states and drills in the mirror.
-    fn persisted(&self) -> Persisted {
+    pub(super) fn persisted(&self) -> Persisted {
         let m = self.mirror();
         let forced = m
             .under(&self.key("force/"))
@@ -387,7 +348,7 @@ impl Fleet {
     }
 
     /// Reads the whole prefix into the mirror. Returns the revision read.
-    async fn read_all(&self) -> Result<i64, etcd::EtcdError> {
+    pub(super) async fn read_all(&self) -> Result<i64, etcd::EtcdError> {
         let (rev, kvs) = self.client.range_prefix(&self.settings.prefix).await?;
         let mut m = self.mirror();
         m.kv = kvs
@@ -404,59 +365,6 @@ impl Fleet {
         drop(m);
         self.revision.store(rev, Ordering::Relaxed);
         Ok(rev)
-    }
-
-    /// Start-up: reads the fleet's state (waiting at most `start_timeout`) and applies it
-    /// before the DNS sockets are served. Unreachable: the state file's last state serves, and
-    /// the background loop reconciles when etcd answers.
-    pub async fn initial_sync(self: &Arc<Self>, control: &Arc<Control>) {
-        let deadline = tokio::time::Instant::now() + self.settings.start_timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.read_all()).await {
-                Ok(Ok(rev)) => {
-                    self.mark(true, "start-up read", None);
-                    info!(revision = rev, instance = %self.settings.instance, "fleet: state read from etcd");
-                    self.apply(control).await;
-                    self.push_votes(control).await;
-                    return;
-                }
-                Ok(Err(e)) => {
-                    self.mark(false, "start-up read", Some(&e));
-                    if tokio::time::Instant::now() + self.settings.heartbeat >= deadline {
-                        break;
-                    }
-                    tokio::time::sleep(self.settings.heartbeat / 2).await;
-                }
-                Err(_) => break,
-            }
-        }
-        warn!(
-            timeout = ?self.settings.start_timeout,
-            "fleet: etcd not reachable at start-up; serving the last state seen (state file) until it is"
-        );
-    }
-
-    /// Rebuilds forced states and drills from the mirror and hands them to the control plane.
-    async fn apply(self: &Arc<Self>, control: &Arc<Control>) {
-        let p = self.persisted();
-        let running: Vec<DrillRecord> = p
-            .drills
-            .iter()
-            .filter(|d| d.status == DrillStatus::Running)
-            .cloned()
-            .collect();
-        control.apply_fleet_state(p).await;
-        for d in running {
-            let fresh = self
-                .verifying
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(d.id.clone());
-            if fresh {
-                let (me, control) = (self.clone(), control.clone());
-                tokio::spawn(async move { me.verify_drill(&control, d).await });
-            }
-        }
     }
 
     /// Writes the difference between `desired` and the mirror to etcd in one transaction.
@@ -548,91 +456,9 @@ impl Fleet {
         }
     }
 
-    /// Runs the fleet link until `stop`: the watch (with full re-reads after a lost
-    /// connection) and the heartbeat (registration, liveness, expiry of abandoned drills).
-    pub fn spawn(
-        self: &Arc<Self>,
-        control: Arc<Control>,
-        stop: CancellationToken,
-        tasks: &tokio_util::task::TaskTracker,
-    ) {
-        let (me, c, s) = (self.clone(), control.clone(), stop.clone());
-        tasks.spawn(async move { me.watch_loop(c, s).await });
-        let (me, c, s) = (self.clone(), control.clone(), stop.clone());
-        tasks.spawn(async move { me.votes_loop(c, s).await });
-        let me = self.clone();
-        tasks.spawn(async move { me.heartbeat_loop(control, stop).await });
-    }
-
-    async fn watch_loop(self: Arc<Self>, control: Arc<Control>, stop: CancellationToken) {
-        let mut need_read = self.revision.load(Ordering::Relaxed) == 0;
-        loop {
-            if stop.is_cancelled() {
-                return;
-            }
-            if need_read {
-                match self.read_all().await {
-                    Ok(_) => {
-                        self.mark(true, "read", None);
-                        self.apply(&control).await;
-                        self.push_votes(&control).await;
-                    }
-                    Err(e) => {
-                        self.mark(false, "read", Some(&e));
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(self.settings.heartbeat) => {}
-                        }
-                        continue;
-                    }
-                }
-            }
-            let from = self.revision.load(Ordering::Relaxed) + 1;
-            let mut watch = match self.client.watch(&self.settings.prefix, from).await {
-                Ok(w) => w,
-                Err(e) => {
-                    self.mark(false, "watch", Some(&e));
-                    need_read = true;
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(self.settings.heartbeat) => {}
-                    }
-                    continue;
-                }
-            };
-            loop {
-                let next = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = self.resync.notified() => { need_read = true; break; }
-                    n = watch.next() => n,
-                };
-                match next {
-                    Ok(Some((rev, events))) => {
-                        let (changed, votes_changed) = self.take(rev, events);
-                        if changed {
-                            self.apply(&control).await;
-                        }
-                        if votes_changed {
-                            self.push_votes(&control).await;
-                        }
-                    }
-                    Ok(None) => {
-                        need_read = true;
-                        break;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "fleet: watch ended; reading the state again");
-                        need_read = true;
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
     /// Applies watch events to the mirror; returns whether forced states or drills changed,
     /// and whether votes did.
-    fn take(&self, rev: i64, events: Vec<Event>) -> (bool, bool) {
+    pub(super) fn take(&self, rev: i64, events: Vec<Event>) -> (bool, bool) {
         let now = ms(&self.clock);
         let control_areas = [self.key("force/"), self.key("drill/")];
         let votes_area = self.key("votes/");
@@ -666,268 +492,8 @@ impl Fleet {
         (changed, votes_changed)
     }
 
-    async fn heartbeat_loop(self: Arc<Self>, control: Arc<Control>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(self.settings.heartbeat);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => {
-                    // Leave the fleet at once rather than after the lease TTL.
-                    let lease = self.lease.load(Ordering::Relaxed);
-                    if lease != 0 {
-                        let _ = tokio::time::timeout(self.settings.request_timeout, self.client.revoke(lease)).await;
-                    }
-                    return;
-                }
-                _ = tick.tick() => {}
-            }
-            let was = self.connected();
-            match self.heartbeat(&control).await {
-                Ok(()) => {
-                    self.mark(true, "heartbeat", None);
-                    if !was {
-                        // Back after an outage: the watch may have missed changes (or hang on
-                        // a member that lost its quorum): read everything again.
-                        self.resync.notify_one();
-                    }
-                    self.finish_abandoned(&control).await;
-                }
-                Err(e) => {
-                    self.mark(false, "heartbeat", Some(&e));
-                    if was {
-                        self.resync.notify_one();
-                    }
-                    let confirmed = self.confirmed_ms.load(Ordering::Relaxed);
-                    let stale = ms(&self.clock).saturating_sub(confirmed)
-                        > self.settings.votes_stale_after.as_millis() as u64;
-                    if stale && self.votes_in_use.swap(false, Ordering::Relaxed) {
-                        warn!(
-                            stale_after = ?self.settings.votes_stale_after,
-                            "fleet: the other instances' votes are stale (etcd unreachable); this instance's own probe verdicts rule until it is back"
-                        );
-                        control.prober.set_votes(None).await;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Renews (or obtains) the lease and rewrites the registration.
-    async fn heartbeat(&self, control: &Arc<Control>) -> Result<(), etcd::EtcdError> {
-        let mut lease = self.lease.load(Ordering::Relaxed);
-        if lease != 0 && self.client.keep_alive(lease).await? <= 0 {
-            lease = 0;
-        }
-        if lease == 0 {
-            lease = self.client.grant(self.settings.lease_ttl).await?;
-            self.lease.store(lease, Ordering::Relaxed);
-        }
-        let info = self.info(control).await;
-        // Rewritten when what it says changes, else every third of the lease TTL: the lease
-        // keep-alive is the liveness signal, and every write is streamed to every instance's
-        // watch (N² bytes), so a value per heartbeat would be most of the fleet's etcd traffic.
-        let fresh_for = self.settings.lease_ttl / 3;
-        let renewed = lease == self.lease_written.load(Ordering::Relaxed);
-        {
-            let last = self.last_info.lock().unwrap_or_else(|e| e.into_inner());
-            if renewed
-                && let Some((at, old)) = &*last
-                && old.same_but_time(&info)
-                && info.heartbeat_ms.saturating_sub(*at) < fresh_for.as_millis() as u64
-            {
-                return Ok(());
-            }
-        }
-        let key = self.key(&format!("instance/{}", self.settings.instance));
-        let value = self.stamp(&info);
-        let (_, rev) = self
-            .client
-            .txn(
-                &[],
-                &[Op::Put {
-                    key: key.clone(),
-                    value: value.clone(),
-                    lease,
-                }],
-            )
-            .await?;
-        self.mirror().put(key, value, rev);
-        self.lease_written.store(lease, Ordering::Relaxed);
-        *self.last_info.lock().unwrap_or_else(|e| e.into_inner()) = Some((info.heartbeat_ms, info));
-        Ok(())
-    }
-
-    async fn info(&self, control: &Arc<Control>) -> InstanceInfo {
-        let generation = control.generation();
-        let cached = {
-            let d = self.digest.lock().unwrap_or_else(|e| e.into_inner());
-            (d.0 == generation).then(|| d.1.clone())
-        };
-        let config_digest = match cached {
-            Some(d) => d,
-            None => {
-                let config = control.config.load_full();
-                let d = tokio::task::spawn_blocking(move || {
-                    // The data every instance must share (zones, profiles, GeoIP, regions),
-                    // not geosteer.toml: its listen addresses, instance name and
-                    // server_region differ per instance by design.
-                    let shared: Vec<std::path::PathBuf> = super::reload::watched(&config)
-                        .into_iter()
-                        .filter(|f| !config.files.contains(f))
-                        .collect();
-                    digest_files(&shared)
-                })
-                .await
-                .unwrap_or_default();
-                *self.digest.lock().unwrap_or_else(|e| e.into_inner()) = (generation, d.clone());
-                d
-            }
-        };
-        InstanceInfo {
-            instance: self.settings.instance.clone(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            config_digest,
-            generation,
-            started_unix: self.started_unix,
-            heartbeat_ms: ms(&self.clock),
-            serving: control.sample_answers(),
-        }
-    }
-
-    /// Hands the other instances' votes (from the mirror) to the prober.
-    async fn push_votes(&self, control: &Arc<Control>) {
-        let mine = self.key(&format!("votes/{}", self.settings.instance));
-        let mut others: HashMap<Arc<str>, Vec<Vote>> = HashMap::new();
-        let mut points = HashMap::new();
-        if let Some(p) = control.state.load().routing.model.server {
-            points.insert(self.settings.instance.clone(), p);
-        }
-        {
-            let m = self.mirror();
-            for (k, v, _) in m.under(&self.key("votes/")) {
-                if k == mine {
-                    continue;
-                }
-                let Some(s) = decode::<VotesDoc>(v) else {
-                    continue;
-                };
-                if let Some([lat, lon]) = s.value.at {
-                    let p = crate::geo::GeoPoint { lat, lon };
-                    if p.is_valid() {
-                        points.insert(s.by.clone(), p);
-                    }
-                }
-                for (key, vote) in s.value.endpoints {
-                    others
-                        .entry(Arc::from(key.as_str()))
-                        .or_default()
-                        .push(Vote {
-                            instance: s.by.clone(),
-                            up: vote.up,
-                            rtt_ms: vote.rtt_ms,
-                            since_unix: vote.since_unix,
-                        });
-                }
-            }
-        }
-        for list in others.values_mut() {
-            list.sort_by(|a, b| a.instance.cmp(&b.instance));
-        }
-        self.votes_in_use.store(true, Ordering::Relaxed);
-        control
-            .prober
-            .set_votes(Some(Votes {
-                quorum: self.settings.quorum,
-                instance: self.settings.instance.clone(),
-                others,
-                points,
-            }))
-            .await;
-    }
-
-    /// Publishes this instance's own probe verdicts (its votes) under its lease whenever one
-    /// changes — not on every probe: at rest nothing is written, so 1,000 endpoints × 9
-    /// instances cost nothing until verdicts change. Checked every 50 ms; at most one write
-    /// per 100 ms; rewritten whole after a new lease (the old one's keys are gone).
-    async fn votes_loop(self: Arc<Self>, control: Arc<Control>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut published: Option<(i64, VotesDoc)> = None;
-        let mut last_write = tokio::time::Instant::now() - Duration::from_secs(1);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let lease = self.lease.load(Ordering::Relaxed);
-            if lease == 0 || !self.connected() || last_write.elapsed() < Duration::from_millis(100)
-            {
-                continue;
-            }
-            let health = control.health.load();
-            let mut doc = VotesDoc {
-                at: control
-                    .state
-                    .load()
-                    .routing
-                    .model
-                    .server
-                    .map(|p| [p.lat, p.lon]),
-                endpoints: BTreeMap::new(),
-            };
-            for (k, d) in &health.status.details {
-                let up = match d.state {
-                    crate::health::MonitorState::Online => true,
-                    crate::health::MonitorState::Degraded => false,
-                    _ => continue,
-                };
-                doc.endpoints.insert(
-                    k.to_string(),
-                    OwnVote {
-                        up,
-                        rtt_ms: d.rtt_ms.map(|r| (r * 10.0).round() / 10.0),
-                        since_unix: d.since_unix.floor(),
-                    },
-                );
-            }
-            let due = match &published {
-                None => true,
-                Some((l, old)) => {
-                    *l != lease
-                        || old.at != doc.at
-                        || verdicts_differ(old, &doc)
-                        || (last_write.elapsed() >= VOTE_RTT_EVERY && rtts_moved(old, &doc))
-                }
-            };
-            if !due {
-                continue;
-            }
-            let key = self.key(&format!("votes/{}", self.settings.instance));
-            let value = self.stamp(&doc);
-            last_write = tokio::time::Instant::now();
-            match self
-                .client
-                .txn(
-                    &[],
-                    &[Op::Put {
-                        key: key.clone(),
-                        value: value.clone(),
-                        lease,
-                    }],
-                )
-                .await
-            {
-                Ok((_, rev)) => {
-                    self.mirror().put(key, value, rev);
-                    published = Some((lease, doc));
-                }
-                Err(e) => warn!(error = %e, "fleet: votes not published"),
-            }
-        }
-    }
-
     /// Live instances from the mirror.
-    fn instances(&self) -> Vec<InstanceInfo> {
+    pub(super) fn instances(&self) -> Vec<InstanceInfo> {
         self.mirror()
             .under(&self.key("instance/"))
             .filter_map(|(_, v, _)| decode::<InstanceInfo>(v).map(|s| s.value))
@@ -1023,7 +589,7 @@ impl Fleet {
         }
     }
 
-    async fn publish_result(&self, drill: &str, r: &InstanceResult) {
+    pub(super) async fn publish_result(&self, drill: &str, r: &InstanceResult) {
         let key = self.key(&format!("result/{drill}/{}", self.settings.instance));
         let value = self.stamp(r);
         match self
@@ -1045,76 +611,7 @@ impl Fleet {
         }
     }
 
-    /// Verifies drill `d` through this instance's own handler: the move, then (once the drill
-    /// ended by expiry or stop) the revert; publishes each result.
-    async fn verify_drill(self: Arc<Self>, control: &Arc<Control>, d: DrillRecord) {
-        let handler = control.handler.clone();
-        let expected: Vec<bool> = d.samples.iter().map(|s| s.expected_move).collect();
-        let mut result = InstanceResult {
-            instance: self.settings.instance.clone(),
-            ..Default::default()
-        };
-        if !expected.iter().any(|e| *e) || d.dry_run {
-            return;
-        }
-        // The move.
-        let deadline = tokio::time::Instant::now() + VERIFY_WITHIN;
-        loop {
-            let now: Vec<String> = d
-                .samples
-                .iter()
-                .map(|s| drill::resolve(&handler, &d.profile, &s.subnet))
-                .collect();
-            let moved = d
-                .samples
-                .iter()
-                .zip(&now)
-                .all(|(s, a)| (*a != s.before) == s.expected_move);
-            let over = !self.still_running(&d.id);
-            if moved || over || tokio::time::Instant::now() >= deadline {
-                result.moved = Some(moved);
-                result.moved_ms = moved.then(|| ms(&self.clock).saturating_sub(d.started_ms));
-                result.during = now;
-                break;
-            }
-            tokio::time::sleep(VERIFY_EVERY).await;
-        }
-        self.publish_result(&d.id, &result).await;
-        // Wait for the end: expiry by the clock, or a stop seen in etcd.
-        loop {
-            if !self.still_running(&d.id) || self.clock.unix_secs() >= d.until_unix {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let ended_ms = self
-            .persisted()
-            .drills
-            .iter()
-            .find(|r| r.id == d.id)
-            .and_then(|r| r.ended_ms)
-            .unwrap_or(d.until_unix * 1000)
-            .min(ms(&self.clock));
-        let deadline = tokio::time::Instant::now() + VERIFY_WITHIN;
-        loop {
-            let now: Vec<String> = d
-                .samples
-                .iter()
-                .map(|s| drill::resolve(&handler, &d.profile, &s.subnet))
-                .collect();
-            let back = d.samples.iter().zip(&now).all(|(s, a)| *a == s.before);
-            if back || tokio::time::Instant::now() >= deadline {
-                result.back = Some(back);
-                result.back_ms = back.then(|| ms(&self.clock).saturating_sub(ended_ms));
-                result.after = now;
-                break;
-            }
-            tokio::time::sleep(VERIFY_EVERY).await;
-        }
-        self.publish_result(&d.id, &result).await;
-    }
-
-    fn still_running(&self, id: &str) -> bool {
+    pub(super) fn still_running(&self, id: &str) -> bool {
         let key = self.key(&format!("drill/{id}"));
         self.mirror()
             .kv
@@ -1126,7 +623,7 @@ impl Fleet {
     /// Finishes, in etcd, drills past their expiry (plus the starter's grace) that are still
     /// Running, and removes their forces and expired timed forces — the starter may be gone.
     /// Compare-and-swap on each key's revision: when several instances try, one does it.
-    async fn finish_abandoned(&self, control: &Arc<Control>) {
+    pub(super) async fn finish_abandoned(&self) {
         let now = self.clock.unix_secs();
         let grace = STARTER_GRACE.as_secs() + self.settings.heartbeat.as_secs();
         let mut work: Vec<(Vec<Compare>, Vec<Op>)> = Vec::new();
@@ -1181,7 +678,6 @@ impl Fleet {
                 Err(e) => warn!(error = %e, "fleet: cannot finish an expired drill or force"),
             }
         }
-        let _ = control;
     }
 }
 
@@ -1273,7 +769,7 @@ pub fn render_metrics(fleet: Option<&Fleet>, o: &mut String) {
 }
 
 /// Whether any endpoint's up/down differs between two vote documents (or the endpoint set).
-fn verdicts_differ(a: &VotesDoc, b: &VotesDoc) -> bool {
+pub(super) fn verdicts_differ(a: &VotesDoc, b: &VotesDoc) -> bool {
     a.endpoints.len() != b.endpoints.len()
         || a.endpoints
             .iter()
@@ -1283,7 +779,7 @@ fn verdicts_differ(a: &VotesDoc, b: &VotesDoc) -> bool {
 /// Whether an endpoint's RTT moved enough to be worth republishing: by more than 20 % and
 /// 2 ms (noise below that would only shuffle the other instances' rankings, which their
 /// hysteresis would then hold anyway).
-fn rtts_moved(a: &VotesDoc, b: &VotesDoc) -> bool {
+pub(super) fn rtts_moved(a: &VotesDoc, b: &VotesDoc) -> bool {
     b.endpoints.iter().any(
         |(k, v)| match (a.endpoints.get(k).and_then(|w| w.rtt_ms), v.rtt_ms) {
             (Some(old), Some(new)) => {
@@ -1294,33 +790,6 @@ fn rtts_moved(a: &VotesDoc, b: &VotesDoc) -> bool {
             _ => false,
         },
     )
-}
-
-/// FNV-1a over every file's name and contents: stable across versions and processes (the
-/// digest is compared between instances). Unreadable files count as their error text.
-fn digest_files(files: &[std::path::PathBuf]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    let mut files = files.to_vec();
-    files.sort();
-    files.dedup();
-    for f in &files {
-        // File names relative to nothing: instances mount the same files at the same paths.
-        eat(f
-            .file_name()
-            .map(|n| n.as_encoded_bytes())
-            .unwrap_or_default());
-        match crate::base::file::read_regular(f, crate::base::file::MAX_ZONE_BYTES) {
-            Ok(b) => eat(&b),
-            Err(e) => eat(e.as_bytes()),
-        }
-    }
-    format!("{h:016x}")
 }
 
 #[cfg(test)]
@@ -1335,15 +804,5 @@ mod tests {
         assert!(!m.put("k".into(), b"a".to_vec(), 6));
         assert!(m.kv.is_empty());
         assert!(m.put("k".into(), b"b".to_vec(), 8));
-    }
-
-    #[test]
-    fn the_digest_changes_with_the_contents() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("geosteer.toml");
-        std::fs::write(&f, "a").unwrap();
-        let one = digest_files(std::slice::from_ref(&f));
-        std::fs::write(&f, "b").unwrap();
-        assert_ne!(one, digest_files(std::slice::from_ref(&f)));
     }
 }

@@ -9,6 +9,7 @@ pub mod api;
 pub mod control;
 pub mod drill;
 pub mod fleet;
+pub mod fleet_sync;
 
 pub mod reload;
 pub mod runtoken;
