@@ -6,12 +6,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::etcd::EtcdCluster;
+use common::fleet::{admin, cluster_toml};
 use common::{Opts, Server, TOKEN, http, json_body, poll};
+
+/// The answer for a London client.
+fn london(s: &Server) -> String {
+    common::fleet::london(s, "mqtt.example.test")
+}
 
 /// London's sample subnet (81.2.69.0/24) is served westeurope normally, eastus when
 /// westeurope is drilled.
@@ -26,28 +31,9 @@ fn prefix(test: &str) -> String {
 fn member(etcd: &EtcdCluster, prefix: &str, name: &str, zones: Option<&Path>) -> Server {
     Server::start_with(Opts {
         zones_dir: zones.map(Path::to_path_buf),
-        extra: format!(
-            "[cluster]\netcd = {}\ninstance = \"{name}\"\nprefix = \"{prefix}\"\n\
-             heartbeat = \"200ms\"\nlease_ttl = \"2s\"\nrequest_timeout = \"500ms\"\n\
-             start_timeout = \"5s\"\n",
-            etcd.toml_endpoints()
-        ),
+        extra: cluster_toml(etcd, name, prefix, "start_timeout = \"5s\"\n"),
         ..Default::default()
     })
-}
-
-fn admin(s: &Server) -> SocketAddr {
-    s.admin.expect("admin API")
-}
-
-/// The A answer for London.
-fn london(s: &Server) -> String {
-    let d = s.dig(&["A", "mqtt.example.test", "+subnet=81.2.69.0/24"]);
-    d.answer
-        .iter()
-        .filter_map(|r| r.split_whitespace().last().map(String::from))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn fleet(s: &Server) -> serde_json::Value {

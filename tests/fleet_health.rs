@@ -6,30 +6,17 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::etcd::EtcdCluster;
+use common::fleet::{admin, cluster_toml};
+use common::regions::{ASIA, EU, US, shared_port};
 use common::{Opts, Server, http, json_body, poll};
 
-const EU: &str = "127.0.0.11";
-const US: &str = "127.0.0.12";
-const ASIA: &str = "127.0.0.13";
-
-/// A port free on all three region addresses, with the listeners holding it.
-fn shared_port() -> (u16, [TcpListener; 3]) {
-    for _ in 0..50 {
-        let a = TcpListener::bind((EU, 0)).unwrap();
-        let port = a.local_addr().unwrap().port();
-        if let (Ok(b), Ok(c)) = (
-            TcpListener::bind((US, port)),
-            TcpListener::bind((ASIA, port)),
-        ) {
-            return (port, [a, b, c]);
-        }
-    }
-    panic!("no port free on all three loopback addresses");
+fn london(s: &Server) -> String {
+    common::fleet::london(s, "mqtt.h.test")
 }
 
 /// A port nothing listens on (for the instance that "cannot reach" westeurope).
@@ -77,28 +64,15 @@ fn instance(etcd: &EtcdCluster, name: &str, port: u16, eu_port: u16) -> Instance
     let z = zones(dir.path(), port, eu_port);
     let server = Server::start_with(Opts {
         zones_dir: Some(z),
-        extra: format!(
-            "[cluster]\netcd = {}\ninstance = \"{name}\"\nprefix = \"/votes/\"\n\
-             heartbeat = \"200ms\"\nlease_ttl = \"2s\"\nrequest_timeout = \"500ms\"\n\
-             start_timeout = \"5s\"\nvotes_stale_after = \"2s\"\n",
-            etcd.toml_endpoints()
+        extra: cluster_toml(
+            etcd,
+            name,
+            "/votes/",
+            "start_timeout = \"5s\"\nvotes_stale_after = \"2s\"\n",
         ),
         ..Default::default()
     });
     Instance { server, _dir: dir }
-}
-
-fn admin(s: &Server) -> SocketAddr {
-    s.admin.expect("admin API")
-}
-
-fn london(s: &Server) -> String {
-    let d = s.dig(&["A", "mqtt.h.test", "+subnet=81.2.69.0/24"]);
-    d.answer
-        .iter()
-        .filter_map(|r| r.split_whitespace().last().map(String::from))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// The westeurope endpoint as `/api/status` shows it.

@@ -8,17 +8,20 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::etcd::EtcdCluster;
+use common::fleet::{admin, cluster_toml};
+use common::regions::{EU, US};
 use common::{Opts, Server, http, json_body, poll};
 
-const EU: &str = "127.0.0.11";
-const US: &str = "127.0.0.12";
+fn london(s: &Server) -> String {
+    common::fleet::london(s, "mqtt.s.test")
+}
 
 /// An HTTP listener on `ip` that answers 200 after `delay_ms` (changeable while it runs).
 fn http_listener(ip: &str) -> (u16, Arc<AtomicU64>) {
@@ -87,27 +90,12 @@ fn instance(etcd: &EtcdCluster, name: &str, region: &str, eu: u16, us: u16) -> I
     let server = Server::start_with(Opts {
         zones_dir: Some(z),
         extra: format!(
-            "[routing]\nserver_region = \"{region}\"\n\
-             [cluster]\netcd = {}\ninstance = \"{name}\"\nprefix = \"/steer/\"\n\
-             heartbeat = \"200ms\"\nlease_ttl = \"2s\"\nrequest_timeout = \"500ms\"\n",
-            etcd.toml_endpoints()
+            "[routing]\nserver_region = \"{region}\"\n{}",
+            cluster_toml(etcd, name, "/steer/", "")
         ),
         ..Default::default()
     });
     Instance { server, _dir: dir }
-}
-
-fn admin(s: &Server) -> SocketAddr {
-    s.admin.expect("admin API")
-}
-
-fn london(s: &Server) -> String {
-    let d = s.dig(&["A", "mqtt.s.test", "+subnet=81.2.69.0/24"]);
-    d.answer
-        .iter()
-        .filter_map(|r| r.split_whitespace().last().map(String::from))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn explain(s: &Server) -> String {

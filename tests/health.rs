@@ -8,27 +8,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::regions::{ASIA, EU, US, shared_port};
 use common::*;
 
-const EU: &str = "127.0.0.11";
-const US: &str = "127.0.0.12";
-const ASIA: &str = "127.0.0.13";
 const LONDON: &str = "+subnet=81.2.69.0/24";
-
-/// A port that is free on all three region addresses.
-fn shared_port() -> (u16, [TcpListener; 3]) {
-    for _ in 0..50 {
-        let a = TcpListener::bind((EU, 0)).unwrap();
-        let port = a.local_addr().unwrap().port();
-        if let (Ok(b), Ok(c)) = (
-            TcpListener::bind((US, port)),
-            TcpListener::bind((ASIA, port)),
-        ) {
-            return (port, [a, b, c]);
-        }
-    }
-    panic!("no port free on all three loopback addresses");
-}
 
 /// A zone `h.test` with one performance profile over the three loopback regions; `monitor` is
 /// the profile's `[profile.monitor]` body, `eu_monitor` an optional override for the EU one.

@@ -20,12 +20,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::regions::{ASIA, EU, US, shared_port};
 use common::*;
 
 /// The regional endpoints (what EMQX's load balancers are in production).
-const EU: &str = "127.0.0.11";
-const US: &str = "127.0.0.12";
-const ASIA: &str = "127.0.0.13";
 /// The geosteer instances, one per region, and the region each runs in.
 const INSTANCES: [(&str, &str); 3] = [
     ("127.0.0.21", "azure:westeurope"),
@@ -36,21 +34,6 @@ const INSTANCES: [(&str, &str); 3] = [
 const LONDON: &str = "81.2.69.0/24";
 const SEATTLE: &str = "216.160.83.0/24";
 const TOKYO: &str = "1.0.16.0/24";
-
-/// A port free on all three endpoint addresses, with listeners bound to it.
-fn shared_port() -> (u16, [TcpListener; 3]) {
-    for _ in 0..50 {
-        let a = TcpListener::bind((EU, 0)).unwrap();
-        let port = a.local_addr().unwrap().port();
-        if let (Ok(b), Ok(c)) = (
-            TcpListener::bind((US, port)),
-            TcpListener::bind((ASIA, port)),
-        ) {
-            return (port, [a, b, c]);
-        }
-    }
-    panic!("no port free on all three loopback addresses");
-}
 
 /// The zone every instance serves: NS records for the three instances, and a performance
 /// profile over the three endpoints, monitored with TCP probes.

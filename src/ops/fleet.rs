@@ -589,25 +589,30 @@ impl Fleet {
         }
     }
 
+    /// Writes `value` (stamped) at `rest` under the prefix, attached to `lease` (0 = none),
+    /// and keeps it in the mirror: this instance's own keys (registration, votes, drill rows).
+    pub(super) async fn put_own<T: Serialize>(
+        &self,
+        rest: &str,
+        value: &T,
+        lease: i64,
+    ) -> Result<(), etcd::EtcdError> {
+        let key = self.key(rest);
+        let value = self.stamp(value);
+        let put = Op::Put {
+            key: key.clone(),
+            value: value.clone(),
+            lease,
+        };
+        let (_, rev) = self.client.txn(&[], &[put]).await?;
+        self.mirror().put(key, value, rev);
+        Ok(())
+    }
+
     pub(super) async fn publish_result(&self, drill: &str, r: &InstanceResult) {
-        let key = self.key(&format!("result/{drill}/{}", self.settings.instance));
-        let value = self.stamp(r);
-        match self
-            .client
-            .txn(
-                &[],
-                &[Op::Put {
-                    key: key.clone(),
-                    value: value.clone(),
-                    lease: 0,
-                }],
-            )
-            .await
-        {
-            Ok((_, rev)) => {
-                self.mirror().put(key, value, rev);
-            }
-            Err(e) => warn!(drill, error = %e, "fleet: drill result not published"),
+        let rest = format!("result/{drill}/{}", self.settings.instance);
+        if let Err(e) = self.put_own(&rest, r, 0).await {
+            warn!(drill, error = %e, "fleet: drill result not published");
         }
     }
 

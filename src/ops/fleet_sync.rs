@@ -19,7 +19,7 @@ use super::drill::{self, DrillRecord, DrillStatus, InstanceResult};
 use super::fleet::{
     Fleet, InstanceInfo, OwnVote, VotesDoc, decode, ms, rtts_moved, verdicts_differ,
 };
-use crate::cluster::etcd::{self, Op};
+use crate::cluster::etcd;
 use crate::health::votes::{Vote, Votes};
 
 /// Poll interval while an instance verifies a drill through its own handler.
@@ -238,21 +238,12 @@ impl Fleet {
                 return Ok(());
             }
         }
-        let key = self.key(&format!("instance/{}", self.settings.instance));
-        let value = self.stamp(&info);
-        let (_, rev) = self
-            .client
-            .txn(
-                &[],
-                &[Op::Put {
-                    key: key.clone(),
-                    value: value.clone(),
-                    lease,
-                }],
-            )
-            .await?;
-        self.mirror().put(key, value, rev);
-        self.lease_written.store(lease, Ordering::Relaxed);
+        self.put_own(
+            &format!("instance/{}", self.settings.instance),
+            &info,
+            lease,
+        )
+        .await?;
         *self.last_info.lock().unwrap_or_else(|e| e.into_inner()) = Some((info.heartbeat_ms, info));
         Ok(())
     }
@@ -402,25 +393,10 @@ impl Fleet {
             if !due {
                 continue;
             }
-            let key = self.key(&format!("votes/{}", self.settings.instance));
-            let value = self.stamp(&doc);
             last_write = tokio::time::Instant::now();
-            match self
-                .client
-                .txn(
-                    &[],
-                    &[Op::Put {
-                        key: key.clone(),
-                        value: value.clone(),
-                        lease,
-                    }],
-                )
-                .await
-            {
-                Ok((_, rev)) => {
-                    self.mirror().put(key, value, rev);
-                    published = Some((lease, doc));
-                }
+            let rest = format!("votes/{}", self.settings.instance);
+            match self.put_own(&rest, &doc, lease).await {
+                Ok(()) => published = Some((lease, doc)),
                 Err(e) => warn!(error = %e, "fleet: votes not published"),
             }
         }
@@ -461,12 +437,14 @@ impl Fleet {
             tokio::time::sleep(VERIFY_EVERY).await;
         }
         self.publish_result(&d.id, &result).await;
-        // Wait for the end: expiry by the clock, or a stop seen in etcd.
+        // Wait for the end: expiry by the clock (slept to the millisecond, so the revert is
+        // timed from when it happens), or a stop seen in etcd (checked every VERIFY_EVERY).
         loop {
-            if !self.still_running(&d.id) || self.clock.unix_secs() >= d.until_unix {
+            let left_ms = (d.until_unix * 1000).saturating_sub(ms(&self.clock));
+            if !self.still_running(&d.id) || left_ms == 0 {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(VERIFY_EVERY.min(Duration::from_millis(left_ms))).await;
         }
         let ended_ms = self
             .persisted()

@@ -9,6 +9,8 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod fleet;
+pub mod regions;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
