@@ -198,6 +198,14 @@ impl fmt::Display for Report {
                         None => terms.push_str(" → no estimate"),
                     }
                 }
+                if !e.votes.is_empty() {
+                    let votes: Vec<String> = e
+                        .votes
+                        .iter()
+                        .map(|v| format!("{} {}", v.instance, if v.up { "up" } else { "down" }))
+                        .collect();
+                    let _ = write!(terms, " votes [{}]", votes.join(", "));
+                }
                 if let Some(l) = e.load {
                     let _ = write!(terms, " load {:.0} %", l * 100.0);
                 }

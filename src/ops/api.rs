@@ -817,6 +817,13 @@ fn render_map(
                 "served": state.serves() || by_fail_open,
                 "fail_open": by_fail_open,
                 "rtt_ms": h.rtt_ms,
+                // Fleet mode: who says what (empty standalone).
+                "votes": health
+                    .status
+                    .details
+                    .get(&e.key)
+                    .map(|d| d.votes.clone())
+                    .unwrap_or_default(),
             })
         })
         .collect();

@@ -333,6 +333,10 @@ pub struct ExplainEndpoint {
     pub load: Option<f64>,
     /// Recovery ramp share (1 = fully back).
     pub ramp: f64,
+    /// Fleet mode: every instance's vote on this endpoint (this instance's first), when the
+    /// fleet's votes are in use.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub votes: Vec<crate::health::votes::Vote>,
 }
 
 /// One profile level of an explanation.
@@ -578,6 +582,12 @@ impl RoutingTable {
                         detail: method::detail(profile.method, e),
                         load: health.get(&e.key).load,
                         ramp: health.get(&e.key).ramp,
+                        votes: health
+                            .status
+                            .details
+                            .get(&e.key)
+                            .map(|d| d.votes.clone())
+                            .unwrap_or_default(),
                     })
                     .collect(),
                 failed_open,
