@@ -87,6 +87,9 @@ struct Page {
     legend: HashMap<String, (String, usize)>,
     /// Cell rects: (centre lat, centre lon, `data-endpoint`).
     cells: Vec<(f64, f64, String)>,
+    /// What the legend's percentages are shares of (`data-basis`: queries, networks, cells)
+    /// and the caption saying so.
+    basis: (String, String),
 }
 
 impl Page {
@@ -174,10 +177,27 @@ fn parse_page(dom: &str) -> Page {
             )
         })
         .collect();
+    let basis = dom
+        .split("id=\"share-basis\"")
+        .nth(1)
+        .map(|rest| {
+            let kind = attrs(rest.split('>').next().unwrap_or_default())
+                .get("data-basis")
+                .cloned()
+                .unwrap_or_default();
+            let text = rest
+                .split_once('>')
+                .and_then(|(_, t)| t.split('<').next())
+                .unwrap_or_default()
+                .to_string();
+            (kind, text)
+        })
+        .unwrap_or_default();
     Page {
         markers,
         legend,
         cells,
+        basis,
     }
 }
 
@@ -329,6 +349,39 @@ fn map_shows_routing_and_failover_in_a_real_browser() {
     }
     assert_eq!(before.cell_at(LONDON.0, LONDON.1), "westeurope", "London");
     let westeurope_cells = before.cells_of("westeurope");
+    // No query answered yet: the percentages are shares of GeoIP networks, and say so.
+    assert_eq!(before.basis.0, "networks", "{:?}", before.basis);
+    assert!(
+        before.basis.1.contains("GeoIP networks"),
+        "{:?}",
+        before.basis
+    );
+    // Queries from London: now the shares are of queries, and London's region has them all.
+    for _ in 0..5 {
+        let d = s.dig(&["A", "mqtt.example.test", "+subnet=81.2.69.0/24"]);
+        assert_eq!(d.status, "NOERROR");
+    }
+    let asked = load_page(&url, "shares of queries", |p| p.basis.0 == "queries");
+    assert!(
+        asked.basis.1.contains("share of queries"),
+        "{:?}",
+        asked.basis
+    );
+    let (_, map) = http(admin, "GET", "/api/map?profile=mqtt", &[], "");
+    let map: serde_json::Value = serde_json::from_str(&map).unwrap();
+    assert!(map["queries"]["total"].as_u64().unwrap() >= 5, "{map}");
+    let names: Vec<&str> = map["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    let west = names.iter().position(|n| *n == "westeurope").unwrap();
+    assert_eq!(
+        map["queries"]["counts"][west].as_u64(),
+        map["queries"]["total"].as_u64(),
+        "every London query went to westeurope: {map}"
+    );
 
     // Force westeurope down through the admin API.
     let (code, body) = http(

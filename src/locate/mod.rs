@@ -217,6 +217,34 @@ impl Locator {
         Ok(Self { city, asn })
     }
 
+    /// Calls `f` with the first address of networks of the City database that hold data: all
+    /// of them, or every k-th when there are more than about `max` (GeoLite2-City has millions;
+    /// the map's share of GeoIP networks needs a spread, not all). Returns the stride used.
+    pub fn sample_networks(&self, max: usize, mut f: impl FnMut(IpAddr)) -> usize {
+        let Some(db) = &self.city else {
+            return 1;
+        };
+        // The search tree has about one node per network: a stride from its size keeps the
+        // sample near `max` without counting the networks first.
+        let nodes = db.reader.metadata().node_count as usize;
+        let stride = (nodes / max.max(1)).max(1);
+        let Ok(networks) = db.reader.networks(Default::default()) else {
+            return stride;
+        };
+        for (i, item) in networks.enumerate() {
+            if i % stride != 0 {
+                continue;
+            }
+            if let Ok(r) = item
+                && r.has_data()
+                && let Ok(net) = r.network()
+            {
+                f(net.network());
+            }
+        }
+        stride
+    }
+
     /// Whether a City database is loaded.
     pub fn has_city(&self) -> bool {
         self.city.is_some()

@@ -80,6 +80,17 @@ pub struct Admin {
     heavy: Arc<Semaphore>,
     /// Map renders of the current state and health generation.
     map_cache: tokio::sync::Mutex<Vec<MapEntry>>,
+    /// Per profile: answers per endpoint sampled while the map is watched, for the shares of
+    /// recent queries (see [`query_shares`]).
+    query_samples: std::sync::Mutex<std::collections::HashMap<usize, QuerySamples>>,
+}
+
+/// Answers per endpoint of one profile, sampled over time (one configuration generation: a
+/// reload restarts the counters, and the samples).
+#[derive(Default)]
+struct QuerySamples {
+    generation: u64,
+    samples: std::collections::VecDeque<(std::time::Instant, Vec<u64>)>,
 }
 
 /// One cached `/api/map` body.
@@ -103,6 +114,7 @@ impl Admin {
             control_rt,
             heavy: Arc::new(Semaphore::new(HEAVY_AT_ONCE)),
             map_cache: tokio::sync::Mutex::new(Vec::new()),
+            query_samples: std::sync::Mutex::default(),
         })
     }
 }
@@ -764,7 +776,78 @@ async fn map_data(
         }
     };
     drop(cache);
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    // The grid is cached per state and health generation; the shares of recent queries change
+    // with every query, so they are added to the cached body here, fresh.
+    let queries = query_shares(&admin, &state, pi);
+    let mut out = Vec::with_capacity(body.len() + 256);
+    match body.strip_suffix(b"}") {
+        Some(head) => {
+            out.extend_from_slice(head);
+            out.extend_from_slice(b",\"queries\":");
+            out.extend_from_slice(queries.to_string().as_bytes());
+            out.push(b'}');
+        }
+        None => out.extend_from_slice(&body),
+    }
+    ([(header::CONTENT_TYPE, "application/json")], out).into_response()
+}
+
+/// How long back "recent queries" reaches on the map.
+const QUERY_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+/// Sampling interval of the answers per endpoint while the map is watched.
+const QUERY_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// GeoIP networks the map decides at most (an even sample of bigger databases).
+const MAP_NETWORK_SAMPLE: usize = 50_000;
+
+/// Answers per endpoint of profile `pi` over the last [`QUERY_WINDOW`] — from the oldest
+/// sample taken while the map was watched, or since the configuration loaded when there is
+/// none yet — with the window it covers.
+fn query_shares(admin: &Admin, state: &crate::state::State, pi: usize) -> serde_json::Value {
+    let now = std::time::Instant::now();
+    let counts: Vec<u64> = state.routing.profiles[pi]
+        .endpoints
+        .iter()
+        .map(|e| e.answers.get())
+        .collect();
+    let mut all = admin
+        .query_samples
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let q = all.entry(pi).or_default();
+    if q.generation != state.generation {
+        *q = QuerySamples {
+            generation: state.generation,
+            ..Default::default()
+        };
+    }
+    while q
+        .samples
+        .front()
+        .is_some_and(|(t, _)| now.duration_since(*t) > QUERY_WINDOW)
+    {
+        q.samples.pop_front();
+    }
+    let (since_s, base) = match q.samples.front() {
+        Some((t, c)) => (Some(now.duration_since(*t).as_secs_f64()), c.clone()),
+        None => (None, vec![0; counts.len()]),
+    };
+    if q.samples
+        .back()
+        .is_none_or(|(t, _)| now.duration_since(*t) >= QUERY_SAMPLE_EVERY)
+    {
+        q.samples.push_back((now, counts.clone()));
+    }
+    let recent: Vec<u64> = counts
+        .iter()
+        .zip(base.iter().chain(std::iter::repeat(&0)))
+        .map(|(c, b)| c.saturating_sub(*b))
+        .collect();
+    json!({
+        "counts": recent,
+        "total": recent.iter().sum::<u64>(),
+        // Seconds the counts cover; null = since the configuration was loaded.
+        "window_s": since_s,
+    })
 }
 
 /// The map's JSON for profile `pi` at `step` degrees (the caller bounds the work).
@@ -800,6 +883,25 @@ fn render_map(
         grid.push(row);
         lat -= step;
     }
+    // Shares of GeoIP networks (where no queries are seen yet): which endpoint each network
+    // of the City database is answered, every network or an even sample of them.
+    let mut by_network = vec![0u64; p.endpoints.len()];
+    let mut networks = 0u64;
+    let stride = state.locator.sample_networks(MAP_NETWORK_SAMPLE, |addr| {
+        let client = Client {
+            loc: state.locator.locate(addr, table.wants_subdivision),
+            ecs_source: None,
+        };
+        networks += 1;
+        let sel = table.select(pi, Family::V4, &client, health, None);
+        if let Some(i) = sel
+            .chosen
+            .first()
+            .and_then(|k| p.endpoints.iter().position(|e| &*e.key == *k))
+        {
+            by_network[i] += 1;
+        }
+    });
     // Fail-open: every endpoint Degraded, all served anyway — shown as served, and why.
     let failed_open = table.fails_open(pi, health);
     let endpoints: Vec<_> = p
@@ -835,6 +937,7 @@ fn render_map(
         "failed_open": failed_open,
         "endpoints": endpoints,
         "grid": grid,
+        "networks": { "counts": by_network, "total": networks, "sampled_every": stride },
     })
 }
 
