@@ -155,6 +155,7 @@ pub async fn run(
         persisted,
         clock,
     );
+    control.start_demo();
     if let Some(settings) = control.config.load().cluster.clone() {
         // Fleet mode: read the fleet's forced states and drills before serving (within
         // start_timeout; past it the state file's last state serves and the link reconciles

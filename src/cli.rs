@@ -204,6 +204,24 @@ pub fn drill_status(t: &ApiTarget) -> Result<String, String> {
     Ok(drills.iter().map(ToString::to_string).collect())
 }
 
+/// `geosteer demo down|up NAME`.
+pub fn demo(t: &ApiTarget, endpoint: &str, up: bool) -> Result<String, String> {
+    let v = t.call(
+        "POST",
+        "/api/demo",
+        Some(json!({ "endpoint": endpoint, "up": up })),
+    )?;
+    Ok(format!(
+        "demo endpoint {endpoint} ({}) is {}\n",
+        v["listen"].as_str().unwrap_or("-"),
+        if up {
+            "up: probes succeed again; answers return after the recovery threshold"
+        } else {
+            "down: connections are refused; answers move after the failure threshold"
+        }
+    ))
+}
+
 /// `geosteer fleet`: one line per live instance, then skew and disagreements.
 pub fn fleet(t: &ApiTarget) -> Result<String, String> {
     use std::fmt::Write;

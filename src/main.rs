@@ -61,6 +61,17 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Demo endpoints (demo/geosteer.toml): take one down — its probes are refused and the
+    /// answers move — or bring it back up.
+    Demo {
+        /// down or up.
+        #[arg(value_parser = ["down", "up"])]
+        action: String,
+        /// Demo endpoint name, e.g. westeurope.
+        endpoint: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// The fleet (with [cluster]): instances, versions, configuration digests, heartbeats,
     /// what each serves for the sample subnets, and disagreements.
     Fleet {
@@ -333,6 +344,11 @@ fn main() -> ExitCode {
             api_call(api, |t| cli::force(t, body))
         }
         Command::Fleet { api } => api_call(api, cli::fleet),
+        Command::Demo {
+            action,
+            endpoint,
+            api,
+        } => api_call(api, |t| cli::demo(t, &endpoint, action == "up")),
         Command::Reload { allow_removal, api } => api_call(api, |t| cli::reload(t, allow_removal)),
         Command::Serve { config } => {
             let loaded = match app::load(config.as_deref()) {

@@ -73,6 +73,24 @@ struct RawConfig {
     /// Absent = standalone (the state file is the control state).
     #[serde(default)]
     cluster: Option<cluster::RawCluster>,
+    /// Demo endpoints (the bundled `demo/geosteer.toml`); absent = none.
+    #[serde(default)]
+    demo: RawDemo,
+}
+
+/// `[demo]`: loopback listeners geosteer runs itself, for monitors to probe in the quick
+/// start's probe-driven failover (`geosteer demo down|up NAME`). Never for production.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawDemo {
+    endpoints: Vec<RawDemoEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDemoEndpoint {
+    name: String,
+    listen: String,
 }
 
 /// `[rrl]`: response rate limiting.
@@ -393,6 +411,8 @@ pub struct Config {
     pub rrl: RrlConfig,
     /// `[cluster]`: the fleet's etcd; `None` = standalone.
     pub cluster: Option<crate::cluster::Settings>,
+    /// `[demo]`: loopback demo endpoints (name, address) geosteer listens on itself.
+    pub demo: Vec<(String, SocketAddr)>,
 }
 
 impl Config {
@@ -710,6 +730,26 @@ impl Config {
                 "must be between 0 and 1",
             ));
         }
+        let mut demo = Vec::new();
+        let demo_lines = nth_key_lines(text, "listen", "[[demo.endpoints]]");
+        for (i, e) in raw.demo.endpoints.iter().enumerate() {
+            let line = demo_lines.get(i).copied().unwrap_or(0);
+            match e.listen.parse::<SocketAddr>() {
+                Ok(a) if a.ip().is_loopback() => demo.push((e.name.clone(), a)),
+                Ok(a) => errors.push(ConfigError::new(
+                    file,
+                    line,
+                    "demo.endpoints.listen",
+                    format!("{a}: demo endpoints listen on loopback only"),
+                )),
+                Err(err) => errors.push(ConfigError::new(
+                    file,
+                    line,
+                    "demo.endpoints.listen",
+                    format!("{:?}: {err}", e.listen),
+                )),
+            }
+        }
         let cluster = match raw.cluster {
             Some(c) => match cluster::validate(c, file, base, &at) {
                 Ok(settings) => Some(settings),
@@ -817,6 +857,7 @@ impl Config {
             },
             warnings,
             cluster,
+            demo,
             run_token_file: None,
             files: if file.to_str() == Some(EMBEDDED_NAME) {
                 Vec::new()

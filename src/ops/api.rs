@@ -142,6 +142,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/api/reload", post(reload))
         .route("/api/drills", get(drills).post(start_drill))
         .route("/api/fleet", get(fleet))
+        .route("/api/demo", post(demo))
         .route("/api/drills/stop", post(stop_drills))
         .route_layer(middleware::from_fn_with_state(
             admin.clone(),
@@ -1062,6 +1063,35 @@ async fn reload(
 
 async fn drills(AxState(c): AxState<Shared>) -> Response {
     Json(c.drills_view()).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DemoRequest {
+    endpoint: String,
+    up: bool,
+}
+
+/// `[demo]` endpoints: take one down (its probes are refused, answers move) or up again.
+async fn demo(
+    AxState(c): AxState<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(resp) = unauthorized(&c, &headers) {
+        return resp;
+    }
+    let req: DemoRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    match c.set_demo(&req.endpoint, req.up) {
+        Ok(addr) => {
+            Json(json!({ "endpoint": req.endpoint, "up": req.up, "listen": addr.to_string() }))
+                .into_response()
+        }
+        Err(e) => control_error(&e),
+    }
 }
 
 /// The fleet: instances, their configuration digests and sample answers, and this instance's

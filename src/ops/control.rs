@@ -126,6 +126,8 @@ pub struct Control {
     /// Fleet mode: the link to etcd, where forced states and drills live (`None` = standalone:
     /// the state file is the store).
     fleet: std::sync::OnceLock<Arc<super::fleet::Fleet>>,
+    /// `[demo]`: the demo endpoints geosteer listens on itself (none in production).
+    demo: std::sync::OnceLock<super::demo::Demo>,
     /// Wall time (expiry of forces and drills, status times): injected, so drills run under
     /// paused tokio time in tests.
     clock: Clock,
@@ -179,6 +181,32 @@ impl Control {
             }),
             drill_stops: Mutex::new(HashMap::new()),
             fleet: std::sync::OnceLock::new(),
+            demo: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Starts the `[demo]` endpoints' listeners (call once, on the control runtime).
+    pub fn start_demo(&self) {
+        let endpoints = self.config.load().demo.clone();
+        if !endpoints.is_empty() {
+            let _ = self.demo.set(super::demo::Demo::start(&endpoints));
+        }
+    }
+
+    /// Takes a `[demo]` endpoint down (its probes are refused) or brings it back up.
+    pub fn set_demo(&self, name: &str, up: bool) -> Result<std::net::SocketAddr, ControlError> {
+        let Some(demo) = self.demo.get() else {
+            return Err(ControlError::NotFound(
+                "no [demo] endpoints: run the demo configuration                  (`geosteer serve --config demo/geosteer.toml`)"
+                    .into(),
+            ));
+        };
+        demo.set(name, up).map_err(|e| {
+            if e.starts_with("no demo endpoint") {
+                ControlError::NotFound(e)
+            } else {
+                ControlError::Conflict(e)
+            }
         })
     }
 

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod control;
+pub mod demo;
 pub mod drill;
 pub mod fleet;
 pub mod fleet_sync;
