@@ -450,3 +450,48 @@ fn the_fleet_link_uses_tls_with_client_certificates() {
     );
     assert_eq!(code, 503, "{body}");
 }
+
+/// An instance restarted while etcd has no quorum serves the last fleet state it saw (kept in
+/// its state file) once `start_timeout` has passed, and reconciles when etcd is back.
+#[test]
+fn a_restart_without_etcd_serves_the_last_state_seen() {
+    let mut etcd = EtcdCluster::start(3);
+    let p = prefix("restart");
+    let state = tempfile::tempdir().unwrap();
+    let start = |etcd: &EtcdCluster| {
+        Server::start_with(Opts {
+            state_file: Some(state.path().join("state.json")),
+            extra: cluster_toml(etcd, "gs-1", &p, "start_timeout = \"1s\"\n"),
+            ..Default::default()
+        })
+    };
+    let one = start(&etcd);
+    wait_for_fleet(&[&one], 1);
+    let force = r#"{"endpoint":"mqtt/westeurope","action":"down","reason":"kept"}"#;
+    let (code, body) = http(admin(&one), "POST", "/api/force", Some(TOKEN), Some(force));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(london(&one), EASTUS);
+    drop(one);
+
+    etcd.stop(1);
+    etcd.stop(2);
+    let again = start(&etcd);
+    assert_eq!(
+        london(&again),
+        EASTUS,
+        "the forced state from the state file serves without etcd"
+    );
+    assert_eq!(fleet(&again)["connected"], false);
+
+    // etcd back: the instance reads the fleet's state (the same force) and reconnects; a lift
+    // made now reaches it.
+    etcd.restart(1);
+    etcd.restart(2);
+    poll(Duration::from_secs(20), "reconnected", || {
+        (fleet(&again)["connected"] == true).then_some(())
+    });
+    let lift = r#"{"endpoint":"mqtt/westeurope","action":"probe"}"#;
+    let (code, body) = http(admin(&again), "POST", "/api/force", Some(TOKEN), Some(lift));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(london(&again), WESTEUROPE);
+}
