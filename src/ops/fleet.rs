@@ -485,6 +485,9 @@ impl Fleet {
                 }
             }
         }
+        // Tombstones only guard against events older than a write already in the mirror;
+        // once the watch has delivered `rev`, none at or below it can come any more.
+        m.deleted.retain(|_, r| *r > rev);
         drop(m);
         if rev > self.revision.load(Ordering::Relaxed) {
             self.revision.store(rev, Ordering::Relaxed);

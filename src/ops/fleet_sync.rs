@@ -70,7 +70,13 @@ impl Fleet {
             .filter(|d| d.status == DrillStatus::Running)
             .cloned()
             .collect();
+        let known: Vec<String> = p.drills.iter().map(|d| d.id.clone()).collect();
         control.apply_fleet_state(p).await;
+        // Drills no longer kept (pruned, or deleted) need no memory of being verified.
+        self.verifying
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id| known.contains(id));
         for d in running {
             let fresh = self
                 .verifying
