@@ -10,12 +10,14 @@
 //! - [`app`]: load, bind, and [`app::run`] — the embeddable server (bound sockets, an injected
 //!   clock and a shutdown future in; `main` owns the runtime and the signals). [`cli`]: the
 //!   admin-API client.
-//! - [`ops`]: the control plane (reload, forced states, drills, typed errors) and admin API.
+//! - [`ops`]: the control plane (reload, forced states, drills, typed errors), the admin API,
+//!   and the fleet (forced states, drills and health votes shared through etcd).
 //! - [`dns`]: the request handler (decode → decide → encode), answer cache, RRL, transports.
 //! - [`metrics`], [`explain`]: counters and their rendering; the "why this answer" trace.
 //! - [`state`]: the serving state and how it is built from a configuration.
 //! - [`probing`]: probes, the prober and its TLS clients, load polling.
 //! - [`config`]: the TOML configuration, parsed strictly; errors name file, line and field.
+//! - [`cluster`]: `[cluster]` settings and the etcd client the fleet's control state lives in.
 //! - [`routing`]: traffic profiles, one file per routing method, the latency model, and the one
 //!   effective-state rule ([`routing::effective`]) every consumer calls.
 //! - [`health`]: endpoint health as routing reads it; monitor settings as plain data.
