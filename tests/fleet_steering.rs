@@ -118,19 +118,23 @@ fn steering_follows_the_fleets_measured_rtt() {
     let (slow_eu, slow) = http_listener(EU);
     let (fast_eu, _) = http_listener(EU);
     let (us, _) = http_listener(US);
-    slow.store(60, Ordering::Relaxed);
+    slow.store(40, Ordering::Relaxed);
     let west = instance(&etcd, "gs-west", "azure:westeurope", slow_eu, us);
     let east = instance(&etcd, "gs-east", "azure:eastus", fast_eu, us);
 
     // Alone, gs-east would answer eu for London (its own probes see eu fast, and London is
     // next to westeurope). With the fleet's matrix, the estimate goes through the vantage
-    // nearest to London — gs-west, which measures eu at 60 ms — so it answers us.
+    // nearest to London — gs-west, which measures eu at 40 ms — so it answers us.
     poll(
         Duration::from_secs(30),
         "gs-east follows gs-west's measurement",
         || (london(&east.server) == US).then_some(()),
     );
-    assert_eq!(london(&west.server), US, "and gs-west agrees");
+    poll(
+        Duration::from_secs(30),
+        "gs-west agrees (its held RTT follows)",
+        || (london(&west.server) == US).then_some(()),
+    );
     let e = explain(&east.server);
     assert!(e.contains("gs-west"), "explain names the vantage: {e}");
     assert!(e.contains("\"via\""), "explain carries the term: {e}");
@@ -140,8 +144,14 @@ fn steering_follows_the_fleets_measured_rtt() {
     // fast once does not win clients back at once), then the margins must be beaten.
     slow.store(0, Ordering::Relaxed);
     for s in [&east.server, &west.server] {
-        poll(Duration::from_secs(60), "back to eu", || {
-            (london(s) == EU).then_some(())
-        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while london(s) != EU {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not back to eu within 120 s: {}",
+                explain(s)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }

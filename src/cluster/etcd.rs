@@ -227,11 +227,14 @@ impl Client {
         let text = body.to_string();
         TRAFFIC.requests.inc();
         TRAFFIC.bytes.add(text.len() as u64);
+        // `hasleader`: a member cut off from its quorum refuses (a watch: cancels) instead of
+        // answering from a state that no longer moves — how a stalled watch is noticed.
         let mut req = self
             .inner
             .http
             .post(url)
             .header("content-type", "application/json")
+            .header("grpc-metadata-hasleader", "true")
             .body(text);
         if let Some(t) = timeout {
             req = req.timeout(t);

@@ -269,8 +269,14 @@ impl Control {
     /// peer's change, or the state read at start-up or after an outage). Drills that stopped
     /// elsewhere wake their local finisher; the state file keeps the last state seen, for a
     /// start while etcd is unreachable.
-    pub async fn apply_fleet_state(&self, fleet_state: Persisted) {
+    ///
+    /// `read` gives the fleet's state once the save lock is held, so a local change committed
+    /// meanwhile is in it (it was in etcd, and in the mirror, before the lock was released).
+    /// Returns the drills applied.
+    pub async fn apply_fleet_state(&self, read: impl FnOnce() -> Persisted) -> Vec<DrillRecord> {
         let _serial = self.save_lock.lock().await;
+        let fleet_state = read();
+        let drills = fleet_state.drills.clone();
         let not_running: Vec<String> = fleet_state
             .drills
             .iter()
@@ -295,6 +301,7 @@ impl Control {
         if let Err(e) = self.save_file().await {
             warn!(error = %e, "fleet: the last state seen is not kept in the state file");
         }
+        drills
     }
 
     fn persisted(&self) -> std::sync::MutexGuard<'_, Persisted> {
@@ -321,8 +328,14 @@ impl Control {
     /// the error is returned, since a change etcd did not take would be one NS's alone.
     async fn commit_with(&self, change: impl FnOnce(&mut Persisted)) -> Result<(), String> {
         let _serial = self.save_lock.lock().await;
+        let before = self.persisted().clone();
         change(&mut self.persisted());
-        let stored = self.save().await;
+        let stored = self.save(&before).await;
+        if stored.is_err() && self.fleet().is_some() {
+            // Not in etcd: not here either (a change one NS alone makes is what fleet mode
+            // exists to prevent).
+            *self.persisted() = before;
+        }
         let forced = {
             let mut p = self.persisted();
             p.prune(self.clock.unix_secs());
@@ -338,16 +351,14 @@ impl Control {
         }
     }
 
-    /// Stores the current persisted state: in etcd in fleet mode (and then in the state file,
-    /// as the last state seen), else in the state file. The caller holds `save_lock`.
-    async fn save(&self) -> Result<(), String> {
+    /// Stores the current persisted state: in etcd in fleet mode — the keys this change
+    /// touched, compared with `before` (the state it started from), each only if no other
+    /// instance changed it meanwhile — and then in the state file, as the last state seen;
+    /// standalone, in the state file. The caller holds `save_lock`.
+    async fn save(&self, before: &Persisted) -> Result<(), String> {
         if let Some(fleet) = self.fleet() {
-            let snapshot = {
-                let mut p = self.persisted();
-                p.prune(self.clock.unix_secs());
-                p.clone()
-            };
-            fleet.store(&snapshot).await?;
+            let snapshot = self.persisted().clone();
+            fleet.store(before, &snapshot).await?;
             if let Err(e) = self.save_file().await {
                 warn!(error = %e, "fleet: the last state seen is not kept in the state file");
             }
@@ -655,9 +666,11 @@ impl Control {
             (None, ForceTarget::Region(_)) => false,
         };
         let _serial = self.save_lock.lock().await;
+        let before = self.persisted().clone();
+        let now_ms = started_ms(&self.clock);
         let replaced: Vec<ForceEntry> = {
             let mut p = self.persisted();
-            let replaced = p.forced.extract_if(.., |f| lifts(f)).collect();
+            let replaced: Vec<ForceEntry> = p.forced.extract_if(.., |f| lifts(f)).collect();
             if let Some(action) = action {
                 p.forced.push(ForceEntry {
                     target: target.clone(),
@@ -666,22 +679,28 @@ impl Control {
                         scope,
                         reason: reason.clone(),
                         // Rounded up to the second: at least as long as asked.
-                        until: duration.map(|d| {
-                            (started_ms(&self.clock) + d.as_millis().max(1000) as u64)
-                                .div_ceil(1000)
-                        }),
+                        until: duration
+                            .map(|d| (now_ms + d.as_millis().max(1000) as u64).div_ceil(1000)),
                     },
                     drill: None,
                 });
             }
+            // Drills whose force was lifted are over: recorded as stopped in the same change
+            // (stored with it: in fleet mode every instance sees the drill end), and their
+            // finishers verify the revert.
+            for d in p.drills.iter_mut().filter(|d| {
+                d.status == DrillStatus::Running
+                    && replaced
+                        .iter()
+                        .any(|f| f.drill.as_deref() == Some(d.id.as_str()))
+            }) {
+                d.status = DrillStatus::Stopped;
+                d.ended_ms.get_or_insert(now_ms);
+            }
             replaced
         };
-        if let Err(e) = self.save().await {
-            {
-                let mut p = self.persisted();
-                p.forced.retain(|f| f.target != target || f.drill.is_some());
-                p.forced.extend(replaced);
-            }
+        if let Err(e) = self.save(&before).await {
+            *self.persisted() = before;
             error!(?target, ?action, error = %e, "forced state not changed");
             return Err(if self.fleet().is_some() {
                 ControlError::NotReady(format!("{e}; the forced state was not changed"))
@@ -693,21 +712,8 @@ impl Control {
         }
         let forced = self.forced();
         self.prober.set_forced(forced.clone()).await;
-        // Drills whose force was lifted are over: record them as stopped now (`drill status`
-        // must not say Running for a drill nothing holds any more) and let their finisher
-        // verify the revert.
         let stopped_drills: Vec<String> = replaced.iter().filter_map(|f| f.drill.clone()).collect();
-        if !stopped_drills.is_empty() {
-            {
-                let mut p = self.persisted();
-                for d in p
-                    .drills
-                    .iter_mut()
-                    .filter(|d| d.status == DrillStatus::Running && stopped_drills.contains(&d.id))
-                {
-                    d.status = DrillStatus::Stopped;
-                }
-            }
+        {
             let stops = self.drill_stops.lock().unwrap_or_else(|e| e.into_inner());
             for id in &stopped_drills {
                 if let Some(n) = stops.get(id) {
@@ -905,13 +911,7 @@ impl Control {
             })
             .await
         {
-            // Not in etcd: take it back here too (it never reached the other instances).
-            let _ = self
-                .commit_with_local(|p| {
-                    p.forced.retain(|f| f.drill.as_deref() != Some(id.as_str()));
-                    p.drills.retain(|d| d.id != id);
-                })
-                .await;
+            // Not in etcd, so not here either (`commit_with` rolled it back).
             return Err(self.not_stored(e));
         }
         info!(drill = %id, endpoint = %key, ?duration, "drill started");
@@ -952,16 +952,6 @@ impl Control {
         } else {
             ControlError::NotSaved(e)
         }
-    }
-
-    /// Like [`Self::commit_with`] but only here (no store): rolling back what the store
-    /// refused.
-    async fn commit_with_local(&self, change: impl FnOnce(&mut Persisted)) -> Result<(), String> {
-        let _serial = self.save_lock.lock().await;
-        change(&mut self.persisted());
-        let forced = self.forced();
-        self.prober.set_forced(forced).await;
-        Ok(())
     }
 
     /// Polls the samples until each shows its expected state. `moving`: waiting for the drill
@@ -1023,10 +1013,14 @@ impl Control {
             return;
         };
         let left_ms = (record.until_unix * 1000).saturating_sub(started_ms(&self.clock));
-        let stopped = tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(left_ms)) => false,
-            _ = stop.notified() => true,
-        };
+        // Stopped or lifted before this finisher was registered (during the move's
+        // verification, or elsewhere in the fleet): its notification came too early to hear.
+        let ended = record.status != DrillStatus::Running || record.ended_ms.is_some();
+        let stopped = ended
+            || tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(left_ms)) => false,
+                _ = stop.notified() => true,
+            };
         let lifted_at = tokio::time::Instant::now();
         let now_ms = started_ms(&self.clock);
         let _ = self

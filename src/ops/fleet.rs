@@ -44,7 +44,10 @@ use crate::health::{ForceEntry, ForceTarget};
 
 /// How long an instance gives a drill's starter, past the drill's expiry, to finish it before
 /// finishing it itself in etcd.
-const STARTER_GRACE: Duration = Duration::from_secs(2);
+/// Covers the starter's own revert check (up to 15 s) and some clock skew.
+const STARTER_GRACE: Duration = Duration::from_secs(20);
+/// For a drill whose starter has left the fleet (its lease expired), and for timed forces.
+const DEAD_STARTER_GRACE: Duration = Duration::from_secs(2);
 
 /// A value as stored: who wrote it and when (milliseconds since the epoch, the writer's clock:
 /// the watch lag is measured against it).
@@ -226,6 +229,9 @@ pub struct Fleet {
     pub(super) watch_lag_ms: AtomicU64,
     pub(super) revision: AtomicI64,
     pub(super) lease: AtomicI64,
+    /// Revision of the last registration write and when it was made: the watch must deliver
+    /// it (or later) within two heartbeats, else it has stalled and the state is read again.
+    pub(super) echo: Mutex<Option<(i64, tokio::time::Instant)>>,
     /// The lease the registration was last written with.
     pub(super) lease_written: AtomicI64,
     /// The registration last written, and when (ms).
@@ -236,6 +242,9 @@ pub struct Fleet {
     pub(super) verifying: Mutex<BTreeSet<String>>,
     /// Operator changes refused because etcd was unreachable.
     pub writes_refused: Counter,
+    /// The fleet's state was read in full since the link last (re)connected: writes before
+    /// that could resurrect what peers changed meanwhile, so they are refused.
+    pub(super) synced: AtomicBool,
     /// The prober weighs the fleet's votes (false: none yet, or stale).
     pub(super) votes_in_use: AtomicBool,
     pub(super) started_unix: u64,
@@ -279,11 +288,13 @@ impl Fleet {
             revision: AtomicI64::new(0),
             lease: AtomicI64::new(0),
             lease_written: AtomicI64::new(0),
+            echo: Mutex::new(None),
             last_info: Mutex::new(None),
             resync: Notify::new(),
             verifying: Mutex::default(),
             writes_refused: Counter::default(),
             votes_in_use: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
             started_unix: clock.unix_secs(),
             digest: Mutex::new((0, String::new())),
         }))
@@ -318,6 +329,9 @@ impl Fleet {
 
     pub(super) fn mark(&self, ok: bool, what: &str, error: Option<&etcd::EtcdError>) {
         let was = self.connected.swap(ok, Ordering::Relaxed);
+        if !ok {
+            self.synced.store(false, Ordering::Relaxed);
+        }
         if ok {
             self.confirmed_ms.store(ms(&self.clock), Ordering::Relaxed);
             if !was {
@@ -367,64 +381,86 @@ impl Fleet {
         Ok(rev)
     }
 
-    /// Writes the difference between `desired` and the mirror to etcd in one transaction.
-    pub async fn store(&self, desired: &Persisted) -> Result<(), String> {
-        if !self.connected() {
+    /// Writes one change — from `before` to `after` — to etcd in one transaction: only the
+    /// keys the change touched, each on the condition that no other instance changed it since
+    /// this instance last saw it (compare-and-swap on its revision). A key touched concurrently
+    /// fails the whole change (nothing is written), the state is read again, and the caller
+    /// gets an error to retry: an operator's change is never silently undone by a peer's, nor
+    /// a peer's by this one. Refused while the link has not read the fleet's state since it
+    /// (re)connected.
+    pub async fn store(&self, before: &Persisted, after: &Persisted) -> Result<(), String> {
+        if !self.connected() || !self.synced.load(Ordering::Relaxed) {
             self.writes_refused.inc();
             return Err(format!(
-                "etcd is unreachable ({}): this change was not made; the fleet keeps serving \
-                 the last state, retry when `geosteer fleet` shows connected",
+                "etcd is unreachable ({}), or the fleet's state has not been read since it came \
+                 back: this change was not made; the fleet keeps serving the last state, retry \
+                 when `geosteer fleet` shows connected",
                 self.client.current_endpoint()
             ));
         }
-        let mut want: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-        for f in &desired.forced {
-            want.insert(
-                self.key(&format!("force/{}", force_id(f))),
-                serde_json::to_value(f).unwrap_or_default(),
-            );
-        }
-        for d in &desired.drills {
-            want.insert(
-                self.key(&format!("drill/{}", d.id)),
-                serde_json::to_value(d).unwrap_or_default(),
-            );
-        }
+        let keyed = |p: &Persisted| -> BTreeMap<String, serde_json::Value> {
+            let mut m = BTreeMap::new();
+            for f in &p.forced {
+                m.insert(
+                    self.key(&format!("force/{}", force_id(f))),
+                    serde_json::to_value(f).unwrap_or_default(),
+                );
+            }
+            for d in &p.drills {
+                m.insert(
+                    self.key(&format!("drill/{}", d.id)),
+                    serde_json::to_value(d).unwrap_or_default(),
+                );
+            }
+            m
+        };
+        let (old, new) = (keyed(before), keyed(after));
         let mut ops = Vec::new();
+        let mut compare = Vec::new();
         {
             let m = self.mirror();
-            for area in ["force/", "drill/"] {
-                for (k, v, _) in m.under(&self.key(area)) {
-                    match want.get(k) {
-                        None => {
-                            ops.push(Op::Delete { key: k.to_string() });
-                            if let Some(id) = k.strip_prefix(&self.key("drill/")) {
-                                ops.push(Op::DeletePrefix {
-                                    prefix: self.key(&format!("result/{id}/")),
-                                });
-                            }
-                        }
-                        Some(w) => {
-                            if decode::<serde_json::Value>(v).is_some_and(|old| old.value == *w) {
-                                want.remove(k);
-                            }
-                        }
-                    }
+            let seen = |k: &str| m.kv.get(k).map_or(0, |(_, r)| *r);
+            for (k, v) in &new {
+                if old.get(k) != Some(v) {
+                    compare.push(Compare::ModRevision {
+                        key: k.clone(),
+                        revision: seen(k),
+                    });
+                    ops.push(Op::Put {
+                        key: k.clone(),
+                        value: self.stamp(v),
+                        lease: 0,
+                    });
                 }
             }
-        }
-        for (key, value) in want {
-            ops.push(Op::Put {
-                key,
-                value: self.stamp(value),
-                lease: 0,
-            });
+            for k in old.keys().filter(|k| !new.contains_key(*k)) {
+                compare.push(Compare::ModRevision {
+                    key: k.clone(),
+                    revision: seen(k),
+                });
+                ops.push(Op::Delete { key: k.clone() });
+                if let Some(id) = k.strip_prefix(&self.key("drill/")) {
+                    ops.push(Op::DeletePrefix {
+                        prefix: self.key(&format!("result/{id}/")),
+                    });
+                }
+            }
         }
         if ops.is_empty() {
             return Ok(());
         }
-        match self.client.txn(&[], &ops).await {
-            Ok((_, rev)) => {
+        match self.client.txn(&compare, &ops).await {
+            Ok((false, _)) => {
+                // Another instance changed one of these keys first: read everything again.
+                self.resync.notify_one();
+                Err(
+                    "another instance changed the same forced state or drill at the same \
+                     time: this change was not made; look at the state now (`geosteer drill \
+                     status`, GET /api/forced) and retry"
+                        .into(),
+                )
+            }
+            Ok((true, rev)) => {
                 self.mark(true, "write", None);
                 let mut m = self.mirror();
                 for op in ops {
@@ -465,14 +501,19 @@ impl Fleet {
         let mut changed = false;
         let mut votes_changed = false;
         let mut m = self.mirror();
+        let mut seen = 0;
         for e in events {
             let (key, applied, stamp) = match e {
                 Event::Put(kv) => {
+                    seen = seen.max(kv.mod_revision);
                     let at = decode::<serde_json::Value>(&kv.value).map(|s| s.at_ms);
                     let key = kv.key.clone();
                     (key, m.put(kv.key, kv.value, kv.mod_revision), at)
                 }
-                Event::Delete { key, revision } => (key.clone(), m.delete(key, revision), None),
+                Event::Delete { key, revision } => {
+                    seen = seen.max(revision);
+                    (key.clone(), m.delete(key, revision), None)
+                }
             };
             if applied && key.starts_with(&votes_area) {
                 votes_changed = true;
@@ -486,8 +527,9 @@ impl Fleet {
             }
         }
         // Tombstones only guard against events older than a write already in the mirror;
-        // once the watch has delivered `rev`, none at or below it can come any more.
-        m.deleted.retain(|_, r| *r > rev);
+        // once the watch has delivered events up to `seen`, none at or below it can come any
+        // more (the header revision can run ahead of events still to come: not that).
+        m.deleted.retain(|_, r| *r > seen);
         drop(m);
         if rev > self.revision.load(Ordering::Relaxed) {
             self.revision.store(rev, Ordering::Relaxed);
@@ -599,7 +641,7 @@ impl Fleet {
         rest: &str,
         value: &T,
         lease: i64,
-    ) -> Result<(), etcd::EtcdError> {
+    ) -> Result<i64, etcd::EtcdError> {
         let key = self.key(rest);
         let value = self.stamp(value);
         let put = Op::Put {
@@ -609,7 +651,7 @@ impl Fleet {
         };
         let (_, rev) = self.client.txn(&[], &[put]).await?;
         self.mirror().put(key, value, rev);
-        Ok(())
+        Ok(rev)
     }
 
     pub(super) async fn publish_result(&self, drill: &str, r: &InstanceResult) {
@@ -633,7 +675,19 @@ impl Fleet {
     /// Compare-and-swap on each key's revision: when several instances try, one does it.
     pub(super) async fn finish_abandoned(&self) {
         let now = self.clock.unix_secs();
-        let grace = STARTER_GRACE.as_secs() + self.settings.heartbeat.as_secs();
+        // The starter, while it lives, finishes its drill itself (and checks the revert, up to
+        // VERIFY_WITHIN): the others give it STARTER_GRACE. One whose registration is gone
+        // (its lease expired: the instance is dead) gets a couple of seconds.
+        let live: Vec<String> = self.instances().into_iter().map(|i| i.instance).collect();
+        let hb = self.settings.heartbeat.as_secs().max(1);
+        let grace_for = |by: Option<&str>| {
+            if by.is_some_and(|b| live.iter().any(|l| l == b)) {
+                STARTER_GRACE.as_secs() + hb
+            } else {
+                DEAD_STARTER_GRACE.as_secs() + hb
+            }
+        };
+        let grace = DEAD_STARTER_GRACE.as_secs() + hb;
         let mut work: Vec<(Vec<Compare>, Vec<Op>)> = Vec::new();
         {
             let m = self.mirror();
@@ -641,7 +695,12 @@ impl Fleet {
                 let Some(mut s) = decode::<DrillRecord>(v) else {
                     continue;
                 };
-                if s.value.status != DrillStatus::Running || now < s.value.until_unix + grace {
+                // A record with `ended_ms` is being finished by its starter (verifying the
+                // revert, up to VERIFY_WITHIN): not abandoned.
+                if s.value.status != DrillStatus::Running
+                    || s.value.ended_ms.is_some()
+                    || now < s.value.until_unix + grace_for(s.value.by.as_deref())
+                {
                     continue;
                 }
                 s.value.status = DrillStatus::Done;

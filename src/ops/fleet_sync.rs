@@ -42,6 +42,7 @@ impl Fleet {
                     self.mark(true, "start-up read", None);
                     info!(revision = rev, instance = %self.settings.instance, "fleet: state read from etcd");
                     self.apply(control).await;
+                    self.synced.store(true, Ordering::Relaxed);
                     self.push_votes(control).await;
                     return;
                 }
@@ -63,15 +64,13 @@ impl Fleet {
 
     /// Rebuilds forced states and drills from the mirror and hands them to the control plane.
     async fn apply(self: &Arc<Self>, control: &Arc<Control>) {
-        let p = self.persisted();
-        let running: Vec<DrillRecord> = p
-            .drills
+        let drills = control.apply_fleet_state(|| self.persisted()).await;
+        let running: Vec<DrillRecord> = drills
             .iter()
             .filter(|d| d.status == DrillStatus::Running)
             .cloned()
             .collect();
-        let known: Vec<String> = p.drills.iter().map(|d| d.id.clone()).collect();
-        control.apply_fleet_state(p).await;
+        let known: Vec<String> = drills.iter().map(|d| d.id.clone()).collect();
         // Drills no longer kept (pruned, or deleted) need no memory of being verified.
         self.verifying
             .lock()
@@ -117,6 +116,7 @@ impl Fleet {
                     Ok(_) => {
                         self.mark(true, "read", None);
                         self.apply(&control).await;
+                        self.synced.store(true, Ordering::Relaxed);
                         self.push_votes(&control).await;
                     }
                     Err(e) => {
@@ -130,7 +130,16 @@ impl Fleet {
                 }
             }
             let from = self.revision.load(Ordering::Relaxed) + 1;
-            let mut watch = match self.client.watch(&self.settings.prefix, from).await {
+            let started = tokio::select! {
+                _ = stop.cancelled() => return,
+                w = tokio::time::timeout(
+                    self.settings.request_timeout * 3,
+                    self.client.watch(&self.settings.prefix, from),
+                ) => w.unwrap_or_else(|_| {
+                    Err(etcd::EtcdError::Unreachable("starting the watch timed out".into()))
+                }),
+            };
+            let mut watch = match started {
                 Ok(w) => w,
                 Err(e) => {
                     self.mark(false, "watch", Some(&e));
@@ -196,6 +205,23 @@ impl Fleet {
                         // a member that lost its quorum): read everything again.
                         self.resync.notify_one();
                     }
+                    // The watch must have delivered our last registration write by now; if
+                    // not, it hangs (a member that lost its quorum without a word, a dead
+                    // host): read everything again and watch anew.
+                    let stalled = {
+                        let echo = self.echo.lock().unwrap_or_else(|e| e.into_inner());
+                        echo.is_some_and(|(rev, at)| {
+                            at.elapsed() > self.settings.heartbeat * 2
+                                && self.revision.load(Ordering::Relaxed) < rev
+                        })
+                    };
+                    if stalled {
+                        warn!(
+                            "fleet: the watch has not delivered this instance's own writes; reading the state again"
+                        );
+                        *self.echo.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        self.resync.notify_one();
+                    }
                     self.finish_abandoned().await;
                 }
                 Err(e) => {
@@ -244,12 +270,16 @@ impl Fleet {
                 return Ok(());
             }
         }
-        self.put_own(
-            &format!("instance/{}", self.settings.instance),
-            &info,
-            lease,
-        )
-        .await?;
+        let rev = self
+            .put_own(
+                &format!("instance/{}", self.settings.instance),
+                &info,
+                lease,
+            )
+            .await?;
+        self.lease_written.store(lease, Ordering::Relaxed);
+        *self.echo.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((rev, tokio::time::Instant::now()));
         *self.last_info.lock().unwrap_or_else(|e| e.into_inner()) = Some((info.heartbeat_ms, info));
         Ok(())
     }
@@ -350,6 +380,7 @@ impl Fleet {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut published: Option<(i64, VotesDoc)> = None;
+        let mut failing = false;
         let mut last_write = tokio::time::Instant::now() - Duration::from_secs(1);
         loop {
             tokio::select! {
@@ -402,8 +433,19 @@ impl Fleet {
             last_write = tokio::time::Instant::now();
             let rest = format!("votes/{}", self.settings.instance);
             match self.put_own(&rest, &doc, lease).await {
-                Ok(()) => published = Some((lease, doc)),
-                Err(e) => warn!(error = %e, "fleet: votes not published"),
+                Ok(_) => {
+                    published = Some((lease, doc));
+                    failing = false;
+                }
+                Err(e) => {
+                    // Typically a lease that expired during an outage: the heartbeat grants a
+                    // new one. One warning per failure streak, retried at most once a second.
+                    if !failing {
+                        warn!(error = %e, "fleet: votes not published");
+                    }
+                    failing = true;
+                    last_write += Duration::from_millis(900);
+                }
             }
         }
     }

@@ -48,6 +48,18 @@ pub(super) fn pick<'a>(
             .collect(),
         _ => Small::new(),
     };
+    // Measured steering applies to all candidates or none: a path through a vantage is an
+    // upper bound (client → vantage → endpoint), never below the model's direct estimate, so
+    // mixing the two kinds would favour whichever endpoint no vantage measures.
+    let via = |i: usize| -> Option<(u16, f64)> {
+        vantages
+            .rtt
+            .get(&eps[i].key)?
+            .iter()
+            .filter_map(|&(j, ms)| Some((j, to_vantage.get(usize::from(j))? + ms)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+    };
+    let measured_steering = !to_vantage.is_empty() && cands.iter().all(|&i| via(i).is_some());
     for &i in cands {
         let h = health.get(&eps[i].key);
         let measured = table.measured.lookup(&client.loc, eps[i].region.as_deref());
@@ -59,18 +71,15 @@ pub(super) fn pick<'a>(
         // Measured steering: client → vantage (model) + vantage → endpoint (that vantage's
         // probe RTT), the shortest such path over the vantages that measure the endpoint —
         // the nearest vantage's in the usual case. An operator-measured RTT for the client's
-        // network still wins; no vantage data: distance + excess, as standalone.
-        if measured.is_none()
-            && !to_vantage.is_empty()
-            && let Some(list) = vantages.rtt.get(&eps[i].key)
-            && let Some(via) = list
-                .iter()
-                .filter_map(|&(j, ms)| Some((j, to_vantage.get(usize::from(j))? + ms)))
-                .min_by(|a, b| a.1.total_cmp(&b.1))
+        // network still wins; without vantage data for every candidate: distance + excess, as
+        // standalone.
+        if measured_steering
+            && measured.is_none()
+            && let Some(v) = via(i)
         {
-            estimate.total_ms = Some(via.1);
+            estimate.total_ms = Some(v.1);
             estimate.excess_ms = 0.0;
-            estimate.via = Some(via);
+            estimate.via = Some(v);
         }
         estimates[i] = Some(estimate);
     }
