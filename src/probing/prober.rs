@@ -564,10 +564,16 @@ impl Publisher {
             }
         }
         for (k, t) in &self.trackers {
+            // `None` until someone has an opinion (no voters: the instance's own
+            // CheckingEndpoint rules, which is not a fleet verdict).
             let fleet_up = self
                 .votes
                 .as_ref()
-                .map(|_| self.fleet_state(k, t) == MonitorState::Online);
+                .and_then(|_| match self.fleet_state(k, t) {
+                    MonitorState::Online => Some(true),
+                    MonitorState::Degraded => Some(false),
+                    _ => None,
+                });
             let votes = self.votes.as_ref().map(|v| {
                 let own = match t.state() {
                     MonitorState::Online => Some(true),
@@ -594,12 +600,13 @@ impl Publisher {
                         .flatten()
                         .map(|v| format!("{}={}", v.instance, if v.up { "up" } else { "down" }))
                         .collect();
-                    info!(
-                        endpoint = %k,
-                        up = now_up,
-                        votes = %votes_text.join(" "),
-                        "fleet verdict changed"
-                    );
+                    if now_up {
+                        info!(endpoint = %k, up = now_up, votes = %votes_text.join(" "), "fleet verdict changed");
+                    } else {
+                        // Answers stop going there, possibly before this instance's own probes
+                        // say so: an operator must see it at warn level.
+                        warn!(endpoint = %k, up = now_up, votes = %votes_text.join(" "), "fleet verdict changed");
+                    }
                 }
                 d.fleet_up = fleet_up;
                 d.votes = votes.unwrap_or_default();
