@@ -158,7 +158,8 @@ pub struct FleetView {
     pub prefix: String,
     /// The etcd endpoint in use.
     pub endpoint: String,
-    /// This instance reaches an etcd quorum now.
+    /// This instance reaches an etcd quorum now and has read the fleet's state since it
+    /// (re)connected: operator changes are accepted.
     pub connected: bool,
     /// Seconds since this instance last confirmed its view with etcd.
     pub state_age_s: f64,
@@ -593,7 +594,9 @@ impl Fleet {
             instance: self.settings.instance.clone(),
             prefix: self.settings.prefix.clone(),
             endpoint: self.client.current_endpoint(),
-            connected: self.connected(),
+            // In step with the fleet: reaching a quorum *and* having read the state since (the
+            // moment operator changes are accepted again).
+            connected: self.connected() && self.synced.load(Ordering::Relaxed),
             state_age_s: if confirmed == 0 {
                 -1.0
             } else {
@@ -767,7 +770,7 @@ pub fn render_metrics(fleet: Option<&Fleet>, o: &mut String) {
     };
     g(
         "geosteer_cluster_connected",
-        "1 when this instance reaches an etcd quorum (fleet mode).",
+        "1 when this instance reaches an etcd quorum and has read the fleet's state since (fleet mode).",
         "gauge",
         one(view.as_ref().map(|v| f64::from(u8::from(v.connected)))),
     );
