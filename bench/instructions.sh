@@ -4,7 +4,7 @@
 # QPS figures of bench/dns.sh, which move by ±15 % on a shared VM. Use it to compare two
 # commits: a change of 2 % shows here and is lost in dnsperf noise.
 #
-#   bash bench/instructions.sh                 # static, nxdomain, routed; 20,000 queries each
+#   bash bench/instructions.sh                 # static, nxdomain, routed (cached or not); 20,000 queries each
 #   QUERIES=50000 bash bench/instructions.sh   # more queries (the count is per query anyway)
 #
 # Needs valgrind (installed with apt-get if missing, as root). Only loopback-free, in-process
@@ -33,7 +33,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "| workload | queries | instructions/query |"
 echo "| --- | ---: | ---: |"
-for w in static nxdomain static-uncached nxdomain-uncached routed; do
+for w in static nxdomain static-uncached nxdomain-uncached routed routed-uncached; do
     out=$tmp/$w.out
     # Count only inside run_queries (the timed loop), not set-up or zone loading.
     QUERIES=$QUERIES valgrind --tool=callgrind --callgrind-out-file="$out" \

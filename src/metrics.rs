@@ -28,6 +28,8 @@ pub struct Metrics {
     pub ecs_queries: Counter,
     /// Queries answered from the per-worker cache of static answers.
     pub answer_cache_hits: Counter,
+    /// Routed answers served from the per-worker routed-answer cache.
+    pub routed_cache_hits: Counter,
     /// Packets dropped unanswered (runts, responses).
     pub dropped: Counter,
     latency_buckets: [Counter; LATENCY_BUCKETS_US.len()],
@@ -120,6 +122,17 @@ impl Metrics {
             o,
             "geosteer_answer_cache_hits_total {}",
             self.answer_cache_hits.get()
+        );
+        help(
+            &mut o,
+            "geosteer_routed_cache_hits_total",
+            "counter",
+            "Routed answers copied from the per-worker cache of decisions (same state and health).",
+        );
+        let _ = writeln!(
+            o,
+            "geosteer_routed_cache_hits_total {}",
+            self.routed_cache_hits.get()
         );
         help(
             &mut o,

@@ -41,6 +41,14 @@ impl State {
         self.locate_client_traced(ecs, src).0
     }
 
+    /// The City-database network of the resolver (query source) address `src`, from the
+    /// per-worker cache of resolver locations: the routed-answer cache's key when the query has
+    /// no usable ECS, or an ECS subnet without location.
+    pub fn resolver_network(&self, src: IpAddr) -> (IpAddr, u8) {
+        let loc = resolver_location(self, src);
+        crate::base::cut(loc.addr.unwrap_or(src), loc.prefix_len)
+    }
+
     /// The client-location fallback chain:
     ///
     /// 1. the ECS address, when the resolver sent one with a non-zero source prefix (RFC 7871

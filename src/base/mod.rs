@@ -21,3 +21,12 @@ pub use diag::{ConfigError, ConfigErrors, line_of_offset};
 /// endpoints) and only *looked up* with names from the network, so an attacker cannot grow a
 /// collision chain — the longest probe sequence is fixed by the operator's own keys.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
+
+/// The network of `prefix` bits `addr` is in: (first address, `prefix`). A prefix longer than
+/// the address family's leaves the address whole.
+pub fn cut(addr: std::net::IpAddr, prefix: u8) -> (std::net::IpAddr, u8) {
+    let net = ipnet::IpNet::new(addr, prefix)
+        .map(|n| n.trunc().addr())
+        .unwrap_or(addr);
+    (net, prefix)
+}

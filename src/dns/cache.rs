@@ -107,13 +107,20 @@ pub fn lookup(
         }
         out.clear();
         out.extend_from_slice(&e.bytes);
-        out[..2].copy_from_slice(&id.to_be_bytes());
-        out[2] = (out[2] & !0x01) | u8::from(rd);
-        out[3] = (out[3] & !0x10) | (u8::from(cd) << 4);
-        out[crate::wire::HEADER_LEN..end].copy_from_slice(question);
+        patch_header(out, id, rd, cd, question);
         e.zone_queries.inc();
         true
     })
+}
+
+/// Makes a cached answer this query's: its ID, RD and CD bits, and its spelling of the question
+/// (same length: the caller checked).
+pub(super) fn patch_header(out: &mut [u8], id: u16, rd: bool, cd: bool, question: &[u8]) {
+    let end = crate::wire::HEADER_LEN + question.len();
+    out[..2].copy_from_slice(&id.to_be_bytes());
+    out[2] = (out[2] & !0x01) | u8::from(rd);
+    out[3] = (out[3] & !0x10) | (u8::from(cd) << 4);
+    out[crate::wire::HEADER_LEN..end].copy_from_slice(question);
 }
 
 /// Keeps `answer` (just encoded for a query with `question`) if it may be reused: at most

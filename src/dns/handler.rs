@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use hickory_server::proto::rr::rdata::HINFO;
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 
+use super::routed_cache;
 use crate::health::HealthSnapshot;
 use crate::metrics::Metrics;
 use crate::routing::Family;
@@ -132,6 +133,8 @@ impl Handler {
         let raw = q.question.as_ref().map_or(&[][..], |qq| qq.raw);
         // The ECS scope of a routed answer (0: the answer is the same for every subnet).
         let mut ecs_scope = 0u8;
+        // The zone the answer came from (not known on a cache hit): RRL counts by it.
+        let mut zone_seen = None;
         let sent = match &key {
             Some(k) if super::cache::lookup(state.generation, k, q.id, q.rd, q.cd, raw, out) => {
                 self.metrics.answer_cache_hits.inc();
@@ -147,6 +150,7 @@ impl Handler {
                     out,
                     &mut reusable,
                     &mut ecs_scope,
+                    &mut zone_seen,
                 );
                 if let (true, Some(k), Some(zone_queries)) = (sent, &key, &reusable) {
                     super::cache::insert(state.generation, k, raw, out, zone_queries);
@@ -159,7 +163,7 @@ impl Handler {
         if sent
             && transport == Transport::Udp
             && let Some(rrl) = &self.rrl
-            && let Some(sent) = self.rate_limit(rrl, &q, &state, src, ecs_scope, out)
+            && let Some(sent) = self.rate_limit(rrl, &q, &state, zone_seen, src, ecs_scope, out)
         {
             return sent;
         }
@@ -210,17 +214,19 @@ impl Handler {
 
     /// Applies response rate limiting to the response in `out`: `None` when it may be sent,
     /// else whether anything is to be sent (a slip: `out` now holds the truncated reply).
+    #[allow(clippy::too_many_arguments)]
     fn rate_limit(
         &self,
         rrl: &super::rrl::Rrl,
         q: &Query<'_>,
         state: &State,
+        zone: Option<&Zone>,
         src: SocketAddr,
         ecs_scope: u8,
         out: &mut Vec<u8>,
     ) -> Option<bool> {
         let question = q.question.as_ref()?;
-        match rrl.check(src.ip(), rrl_kind(q, state, ecs_scope, out)) {
+        match rrl.check(src.ip(), rrl_kind(q, state, zone, ecs_scope, out)) {
             super::rrl::Verdict::Allow => None,
             super::rrl::Verdict::Drop => {
                 self.metrics.rrl_dropped.inc();
@@ -254,15 +260,16 @@ impl Handler {
     /// answer cache, sets `reusable` to the zone's query counter (the caller may cache it).
     /// A routed answer sets `ecs_scope` to its ECS scope.
     #[allow(clippy::too_many_arguments)]
-    fn respond(
+    fn respond<'s>(
         &self,
         q: &Query<'_>,
-        state: &State,
+        state: &'s State,
         src: SocketAddr,
         transport: Transport,
         out: &mut Vec<u8>,
         reusable: &mut Option<std::sync::Arc<crate::base::Counter>>,
         ecs_scope: &mut u8,
+        zone_seen: &mut Option<&'s Zone>,
     ) -> bool {
         let mut h = ResponseHeader::reply_to(q.id, q.opcode, q.rd, q.cd);
         let limit = match (transport, &q.edns) {
@@ -315,6 +322,7 @@ impl Handler {
         let Some(zone) = state.zones.find(&question.name) else {
             return reply_error(&mut h, rcode::REFUSED, opt, out);
         };
+        *zone_seen = Some(zone);
 
         zone.queries.inc();
         h.aa = true;
@@ -378,12 +386,13 @@ impl Handler {
             }
             return true;
         }
-        finish(out, h, qraw, s, opt, limit, referral)
+        finish(out, h, qraw, &mut s, opt, limit, referral)
     }
 
     /// Answers at a traffic profile's name: locate the client, select, encode with the ECS
     /// scope the decision holds for.
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     fn respond_routed(
         &self,
         q: &Query<'_>,
@@ -407,7 +416,7 @@ impl Handler {
             RecordType::ANY => {
                 s.answer.push(Rr::at_qname(&self.any_hinfo));
                 let opt = q.edns.map(|o| self.opt(o.dnssec_ok, ecs.map(|e| (e, 0))));
-                return finish(out, h, qraw, s, opt, limit, false);
+                return finish(out, h, qraw, &mut s, opt, limit, false);
             }
             _ => {
                 // The name exists; other types are NODATA, the same for every client.
@@ -416,13 +425,75 @@ impl Handler {
                     zone.negative_soa_wire.as_ref(),
                 ));
                 let opt = q.edns.map(|o| self.opt(o.dnssec_ok, ecs.map(|e| (e, 0))));
-                return finish(out, h, qraw, s, opt, limit, false);
+                return finish(out, h, qraw, &mut s, opt, limit, false);
             }
         };
-        let client = state.locate_client(ecs, src);
         let health = self.health.load();
         let prof = &state.routing.profiles[profile];
         prof.queries.inc();
+        // The routed-answer cache (`routed_cache`): a decision of this state and health
+        // snapshot for the client's cell is a copy away.
+        let generations = (state.generation, health.generation());
+        let ecs_addr = ecs.filter(|e| e.source_prefix > 0).map(|e| e.addr);
+        let cached = self.answer_cache && state.generation != 0;
+        let mut key = routed_cache::Key {
+            profile: profile as u32,
+            qtype: u16::from(qtype),
+            edns: q.edns.map_or(0, |o| 1 + u8::from(o.dnssec_ok)),
+            ecs: ecs.map(|e| (e.family, e.source_prefix)),
+            net: match ecs_addr {
+                Some(a) if cached => state.locator.network(a),
+                Some(a) => (a, 0),
+                None => (src.ip(), 0),
+            },
+            resolver: None,
+        };
+        if cached {
+            let mut ecs_bytes = [0u8; 16];
+            let ecs_len = ecs.map_or(0, |e| {
+                let n = usize::from(e.source_prefix).div_ceil(8);
+                match e.addr {
+                    std::net::IpAddr::V4(a) => ecs_bytes[..n].copy_from_slice(&a.octets()[..n]),
+                    std::net::IpAddr::V6(a) => ecs_bytes[..n].copy_from_slice(&a.octets()[..n]),
+                }
+                n
+            });
+            let patch = routed_cache::Patch {
+                id: q.id,
+                rd: q.rd,
+                cd: q.cd,
+                question: qraw.unwrap_or_default(),
+                ecs_addr: &ecs_bytes[..ecs_len],
+            };
+            // Located by the ECS subnet, or no ECS (then the cell is the resolver's network);
+            // else an ECS subnet without location, placed at its resolver.
+            let hit = if ecs_addr.is_some() {
+                routed_cache::lookup(generations, &key, &patch, out).or_else(|| {
+                    let mut k = key;
+                    k.resolver = Some(state.resolver_network(src.ip()));
+                    routed_cache::lookup(generations, &k, &patch, out)
+                })
+            } else {
+                key.net = state.resolver_network(src.ip());
+                routed_cache::lookup(generations, &key, &patch, out)
+            };
+            if let Some(hit) = hit {
+                if hit.failed_open {
+                    prof.fail_open.inc();
+                }
+                for &(p, e) in &hit.picked {
+                    state.routing.profiles[p as usize].endpoints[e as usize]
+                        .answers
+                        .inc();
+                }
+                if ecs.is_some() {
+                    *ecs_scope = hit.ecs_scope;
+                }
+                self.metrics.routed_cache_hits.inc();
+                return true;
+            }
+        }
+        let (client, placed) = state.locate_client_traced(ecs, src);
         let sel = state
             .routing
             .select(profile, family, &client, &health, None);
@@ -452,7 +523,25 @@ impl Handler {
                 owner: None,
             }));
         }
-        finish(out, h, qraw, s, opt, limit, false)
+        let sent = finish(out, h, qraw, &mut s, opt, limit, false);
+        // Kept when the decision holds for the whole cell the key names.
+        if sent && cached && !sel.random && sel.bits <= key.net.1 {
+            if ecs_addr.is_some() && placed.by != crate::locate::LocatedBy::Ecs {
+                key.resolver = Some(state.resolver_network(src.ip()));
+            }
+            routed_cache::insert(
+                generations,
+                key,
+                qraw.unwrap_or_default(),
+                out,
+                routed_cache::Hit {
+                    ecs_scope: sel.scope,
+                    failed_open: sel.failed_open,
+                    picked: sel.picked_at.clone(),
+                },
+            );
+        }
+        sent
     }
 }
 
@@ -461,6 +550,7 @@ impl Handler {
     /// sources in `[admin] why_acl` (the trace reveals health and topology). TTL 0 and scope =
     /// the full source prefix: a trace is never to be cached or shared.
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     fn respond_why(
         &self,
         q: &Query<'_>,
@@ -480,7 +570,7 @@ impl Handler {
         if !state.why_acl.iter().any(|n| n.contains(&src.ip())) {
             h.aa = false;
             h.rcode = rcode::REFUSED;
-            return finish(out, h, qraw, Sections::default(), opt, limit, false);
+            return finish(out, h, qraw, &mut Sections::default(), opt, limit, false);
         }
         self.metrics.why_queries.inc();
         let family = if qtype == RecordType::AAAA {
@@ -536,7 +626,7 @@ impl Handler {
                 owner: None,
             }));
         }
-        finish(out, h, qraw, s, opt, limit, false)
+        finish(out, h, qraw, &mut s, opt, limit, false)
     }
 }
 
@@ -548,6 +638,7 @@ impl Handler {
 fn rrl_kind<'a>(
     q: &'a Query<'_>,
     state: &'a State,
+    zone: Option<&'a Zone>,
     ecs_scope: u8,
     out: &[u8],
 ) -> super::rrl::Kind<'a> {
@@ -563,7 +654,7 @@ fn rrl_kind<'a>(
     let nscount = u16::from_be_bytes([out[8], out[9]]);
     let qname = question.name.lower();
     let qtype = question.qtype;
-    let zone = || state.zones.find(&question.name);
+    let zone = || zone.or_else(|| state.zones.find(&question.name));
     let apex = || zone().map_or(qname, |z| &*z.origin_wire);
     match u16::from(out[3] & 0x0F) {
         rcode::NOERROR if ancount > 0 || tc => Kind::Answer {
@@ -644,20 +735,20 @@ fn finish(
     out: &mut Vec<u8>,
     mut h: ResponseHeader,
     qraw: Option<&[u8]>,
-    mut s: Sections<'_>,
+    s: &mut Sections<'_>,
     opt: Option<OptOut>,
     limit: u16,
     referral: bool,
 ) -> bool {
     {
-        if wire::encode(out, &h, qraw, &s, opt.as_ref(), limit).is_ok() {
+        if wire::encode(out, &h, qraw, s, opt.as_ref(), limit).is_ok() {
             return true;
         }
         // Too big. Additional data is optional (RFC 2181 §9) unless it is referral glue;
         // answer and authority are not, so then set TC and let the client retry over TCP.
         if !referral && !s.additional.is_empty() {
             s.additional.clear();
-            if wire::encode(out, &h, qraw, &s, opt.as_ref(), limit).is_ok() {
+            if wire::encode(out, &h, qraw, s, opt.as_ref(), limit).is_ok() {
                 return true;
             }
         }

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod conn_limit;
 pub mod handler;
 pub mod hickory;
+pub mod routed_cache;
 pub mod rrl;
 pub mod server;
 

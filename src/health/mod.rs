@@ -205,7 +205,7 @@ pub struct EndpointStatus {
 /// per endpoint (gdnsd's model). What operators see besides — probe details, readiness,
 /// counts, forced states, fail-open — is a [`StatusSnapshot`] of its own, published with it
 /// but never read on the query path.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct HealthSnapshot {
     by_key: crate::base::FastMap<Arc<str>, EndpointHealth>,
     /// Fleet mode: the measured RTT matrix (empty standalone, or while the fleet's votes are
@@ -213,6 +213,43 @@ pub struct HealthSnapshot {
     pub vantages: Arc<votes::Vantages>,
     /// The operator's view published with this snapshot.
     pub status: Arc<StatusSnapshot>,
+    /// Unique to this content (see [`Self::generation`]).
+    generation: u64,
+    /// Every client network a force is scoped to (usually none).
+    scoped_nets: Vec<ipnet::IpNet>,
+}
+
+/// Source of [`HealthSnapshot::generation`]: process-wide, so two snapshots never share one.
+static SNAPSHOT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_snapshot_generation() -> u64 {
+    SNAPSHOT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Default for HealthSnapshot {
+    fn default() -> Self {
+        Self {
+            by_key: Default::default(),
+            vantages: Default::default(),
+            status: Default::default(),
+            generation: next_snapshot_generation(),
+            scoped_nets: Vec::new(),
+        }
+    }
+}
+
+impl Clone for HealthSnapshot {
+    /// A clone is a new snapshot (it is about to be changed, as a dry run's is): it gets a
+    /// generation of its own, so nothing cached for the original is taken for it.
+    fn clone(&self) -> Self {
+        Self {
+            by_key: self.by_key.clone(),
+            vantages: self.vantages.clone(),
+            status: self.status.clone(),
+            generation: next_snapshot_generation(),
+            scoped_nets: self.scoped_nets.clone(),
+        }
+    }
 }
 
 /// Operator-facing health (status API, metrics, readiness, the map); not read by queries.
@@ -245,8 +282,41 @@ impl HealthSnapshot {
         self.by_key.iter()
     }
 
-    /// Sets an endpoint's health (used by the prober and by tests).
+    /// Sets an endpoint's health (used by the prober and by tests). The snapshot becomes a
+    /// new generation.
     pub fn set(&mut self, key: &str, health: EndpointHealth) {
+        for (_, f) in &health.forced {
+            for net in &f.scope {
+                if !self.scoped_nets.contains(net) {
+                    self.scoped_nets.push(*net);
+                }
+            }
+        }
+        self.generation = next_snapshot_generation();
         self.by_key.insert(Arc::from(key), health);
+    }
+
+    /// A number no other snapshot of this process has: the routed-answer cache
+    /// (`dns::cache`) keeps decisions per generation, so a published change is seen by the
+    /// very next query. (A snapshot is changed only before it is published; `set` and `clone`
+    /// take a new generation.)
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// How many leading address bits a decision for the client network `addr`/`prefix_len`
+    /// depends on because of forces scoped to client networks: the longest such scope that lies
+    /// strictly inside it (0 when none does). A scope that contains the whole network, or none
+    /// of it, treats all of it alike; one inside it splits it.
+    pub fn scoped_force_bits(&self, addr: std::net::IpAddr, prefix_len: u8) -> u8 {
+        let Ok(net) = ipnet::IpNet::new(addr, prefix_len) else {
+            return 0;
+        };
+        self.scoped_nets
+            .iter()
+            .filter(|s| s.prefix_len() > prefix_len && net.contains(&s.network()))
+            .map(|s| s.prefix_len())
+            .max()
+            .unwrap_or(0)
     }
 }

@@ -250,6 +250,22 @@ impl Locator {
         self.city.is_some()
     }
 
+    /// The City-database network `addr` falls in, as (address, length): the `prefix_len`
+    /// [`Self::locate`] reports, found by the tree walk alone, without decoding the record —
+    /// every address of it gets the same location. Without a City database (or on a database
+    /// error), the address itself.
+    pub fn network(&self, addr: IpAddr) -> (IpAddr, u8) {
+        let addr = addr.to_canonical();
+        let mut prefix = if addr.is_ipv4() { 32 } else { 128 };
+        if let Some(db) = &self.city
+            && let Ok(r) = db.reader.lookup(addr)
+            && let Ok(net) = r.network()
+        {
+            prefix = net.prefix();
+        }
+        crate::base::cut(addr, prefix)
+    }
+
     /// Looks an address up. Never fails: a miss or a database error is "unknown".
     pub fn locate(&self, addr: IpAddr, want_subdivision: bool) -> Location {
         let addr = addr.to_canonical();

@@ -310,6 +310,15 @@ pub struct Selection<'t> {
     pub scope: u8,
     /// Some level served degraded endpoints because all were degraded.
     pub failed_open: bool,
+    /// Leading bits of the client address the decision depends on, before the cap by the
+    /// ECS source prefix (255: the exact client). Every client whose address agrees on them —
+    /// and that is located the same — gets the same decision; the routed-answer cache relies
+    /// on it.
+    pub bits: u8,
+    /// A level rolled a die (non-sticky `weighted`): the next query may be answered otherwise.
+    pub random: bool,
+    /// The chosen endpoints as (profile, endpoint) indices, for the cache's counters.
+    pub picked_at: Small<(u32, u32)>,
 }
 
 /// One endpoint line of an explanation.
@@ -373,14 +382,22 @@ pub struct RoutingTable {
     pub measured: Measured,
     /// Whether some geographic profile uses subdivision codes (costs an extra GeoIP decode).
     pub wants_subdivision: bool,
+    /// Bit set of the owners' wire lengths (names are at most 255 bytes).
+    owner_lens: [u64; 4],
 }
 
 /// Deepest nesting of profiles (Traffic Manager allows 10 levels).
 pub const MAX_DEPTH: usize = 10;
 
 impl RoutingTable {
-    /// The profile answering at a lower-cased wire name.
+    /// The profile answering at a lower-cased wire name. Every query asks, so names of a length
+    /// no owner has are turned away before hashing them.
+    #[inline]
     pub fn profile_at(&self, owner_wire: &[u8]) -> Option<usize> {
+        let n = owner_wire.len();
+        if n > 255 || self.owner_lens[n / 64] & (1 << (n % 64)) == 0 {
+            return None;
+        }
         self.by_owner.get(owner_wire).copied()
     }
 
@@ -438,6 +455,12 @@ impl RoutingTable {
             &mut explain,
             0,
         );
+        // A force scoped to client networks (a drill's first networks) may apply to part of
+        // the client's database network: then the decision holds no wider than that scope.
+        if let Some(addr) = client.loc.addr {
+            bits = bits.max(health.scoped_force_bits(addr, client.loc.prefix_len));
+        }
+        sel.bits = bits;
         // Capped at the source prefix (RFC 7871 §7.2.1: scope may not exceed what we were given
         // … in practice, a longer scope than the source says nothing more).
         sel.scope = match client.ecs_source {
@@ -553,6 +576,7 @@ impl RoutingTable {
             want: explain.is_some(),
         };
         let (picked, decision, mut level_scope) = method::pick(&cx, &mut estimates);
+        sel.random |= profile.method == Method::Weighted && !profile.sticky;
         if hashed && level_scope != Scope::Global {
             level_scope = Scope::Source;
         }
@@ -607,6 +631,7 @@ impl RoutingTable {
             let ep = &profile.endpoints[i];
             sel.chosen.push(&ep.key);
             sel.picked.push(ep);
+            sel.picked_at.push((p as u32, i as u32));
             // Health-driven TTL: resolvers re-ask soon while the answer may be about to change.
             if health.get(&ep.key).short_ttl {
                 sel.ttl = sel.ttl.min(crate::health::state::SHORT_TTL);
@@ -681,12 +706,18 @@ impl RoutingTable {
                 .iter()
                 .any(|e| e.geo.iter().any(|g| matches!(g, GeoCode::Subdivision(..))))
         });
+        let mut owner_lens = [0u64; 4];
+        for p in &profiles {
+            let n = p.owner_wire.len().min(255);
+            owner_lens[n / 64] |= 1 << (n % 64);
+        }
         Self {
             profiles,
             by_owner,
             model,
             measured,
             wants_subdivision,
+            owner_lens,
         }
     }
 }
