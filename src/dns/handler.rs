@@ -148,7 +148,7 @@ impl Handler {
                     src,
                     transport,
                     out,
-                    &mut reusable,
+                    key.is_some().then_some(&mut reusable),
                     &mut ecs_scope,
                     &mut zone_seen,
                 );
@@ -257,7 +257,7 @@ impl Handler {
     }
 
     /// Answers `q`. For a static answer from a zone that was encoded whole and fits the
-    /// answer cache, sets `reusable` to the zone's query counter (the caller may cache it).
+    /// answer cache, sets `reusable` (given when the query has a cache key) to the zone's query counter (the caller may cache it).
     /// A routed answer sets `ecs_scope` to its ECS scope.
     #[allow(clippy::too_many_arguments)]
     fn respond<'s>(
@@ -267,7 +267,7 @@ impl Handler {
         src: SocketAddr,
         transport: Transport,
         out: &mut Vec<u8>,
-        reusable: &mut Option<std::sync::Arc<crate::base::Counter>>,
+        reusable: Option<&mut Option<std::sync::Arc<crate::base::Counter>>>,
         ecs_scope: &mut u8,
         zone_seen: &mut Option<&'s Zone>,
     ) -> bool {
@@ -381,7 +381,9 @@ impl Handler {
         // Encoded whole (nothing trimmed, not truncated) and small: the same bytes answer the
         // same question again, whatever the transport.
         if wire::encode(out, &h, qraw, &s, opt.as_ref(), limit).is_ok() {
-            if out.len() <= super::cache::MAX_ANSWER {
+            if let Some(reusable) = reusable
+                && out.len() <= super::cache::MAX_ANSWER
+            {
                 *reusable = Some(zone.queries.clone());
             }
             return true;
