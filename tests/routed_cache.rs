@@ -191,10 +191,17 @@ fn snapshots(state: &geosteer::state::State) -> Vec<(&'static str, HealthSnapsho
         s
     };
     let mut out = vec![("nothing probed yet", HealthSnapshot::default())];
-    out.push((
-        "online, RTTs",
-        all(&|_, n| online(if n.starts_with("west") { 40.0 } else { 90.0 })),
-    ));
+    let rtts = all(&|_, n| online(if n.starts_with("west") { 40.0 } else { 90.0 }));
+    // The next publish moved every raw RTT, but not the held ones routing ranks by: it keeps
+    // the generation, so the cells cached under the previous snapshot answer under this one.
+    let mut wobble = all(&|_, n| EndpointHealth {
+        rtt_ms: Some(if n.starts_with("west") { 47.0 } else { 83.0 }),
+        ..online(if n.starts_with("west") { 40.0 } else { 90.0 })
+    });
+    wobble.keep_generation_of(&rtts);
+    assert_eq!(wobble.generation(), rtts.generation());
+    out.push(("online, RTTs", rtts));
+    out.push(("raw RTTs moved, held ones not", wobble));
     let mut s = all(&|_, _| online(30.0));
     s.set(
         &key("mqtt", "westeurope"),

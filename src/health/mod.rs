@@ -296,10 +296,52 @@ impl HealthSnapshot {
         self.by_key.insert(Arc::from(key), health);
     }
 
-    /// A number no other snapshot of this process has: the routed-answer cache
-    /// (`dns::cache`) keeps decisions per generation, so a published change is seen by the
-    /// very next query. (A snapshot is changed only before it is published; `set` and `clone`
-    /// take a new generation.)
+    /// Whether routing decides every client alike under both snapshots: the same endpoints
+    /// with the same state, forces, ranking RTT (the held one, or the raw one where none is
+    /// held — what the performance method reads), load, ramp and short-TTL flag, and the same
+    /// vantage matrix. The prober publishes about every second while probes report, mostly
+    /// raw RTT wobble that the held RTT does not follow; such a publish keeps the generation.
+    pub fn routes_like(&self, other: &Self) -> bool {
+        fn same(a: &EndpointHealth, b: &EndpointHealth) -> bool {
+            // Every field named, so a new one has to be placed on one side or the other.
+            let EndpointHealth {
+                state,
+                rtt_ms,
+                short_ttl,
+                forced,
+                rank_rtt_ms,
+                load,
+                ramp,
+            } = a;
+            *state == b.state
+                && *short_ttl == b.short_ttl
+                && *forced == b.forced
+                && rank_rtt_ms.or(*rtt_ms) == b.rank_rtt_ms.or(b.rtt_ms)
+                && *load == b.load
+                && *ramp == b.ramp
+        }
+        self.by_key.len() == other.by_key.len()
+            && self
+                .by_key
+                .iter()
+                .all(|(k, a)| other.by_key.get(k).is_some_and(|b| same(a, b)))
+            && (Arc::ptr_eq(&self.vantages, &other.vantages) || *self.vantages == *other.vantages)
+    }
+
+    /// Takes `previous`'s generation when routing decides alike under both
+    /// ([`Self::routes_like`]): the routed-answer cache stays warm across publishes that change
+    /// nothing for routing. Called by the prober before it publishes.
+    pub fn keep_generation_of(&mut self, previous: &Self) {
+        if self.routes_like(previous) {
+            self.generation = previous.generation;
+        }
+    }
+
+    /// A number no other snapshot of this process has, unless it routes exactly like the one
+    /// it replaced ([`Self::keep_generation_of`]): the routed-answer cache
+    /// (`dns::routed_cache`) keeps decisions per generation, so a published change is seen by
+    /// the very next query. (A snapshot is changed only before it is published; `set` and
+    /// `clone` take a new generation.)
     pub fn generation(&self) -> u64 {
         self.generation
     }
@@ -318,5 +360,93 @@ impl HealthSnapshot {
             .map(|s| s.prefix_len())
             .max()
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn online(rtt: f64, rank: Option<f64>) -> EndpointHealth {
+        EndpointHealth {
+            state: MonitorState::Online,
+            rtt_ms: Some(rtt),
+            rank_rtt_ms: rank,
+            ..Default::default()
+        }
+    }
+
+    fn published(previous: &HealthSnapshot, e: EndpointHealth) -> HealthSnapshot {
+        let mut s = HealthSnapshot::default();
+        s.set("p/a", e);
+        s.keep_generation_of(previous);
+        s
+    }
+
+    /// A publish that moves only raw RTTs under a held one keeps the generation (the routed
+    /// cache stays warm); anything routing reads starts a new one.
+    #[test]
+    fn a_generation_is_kept_only_while_routing_reads_the_same() {
+        let mut first = HealthSnapshot::default();
+        first.set("p/a", online(20.0, Some(20.0)));
+        let g = first.generation();
+        assert_eq!(published(&first, online(23.5, Some(20.0))).generation(), g);
+        let changed = [
+            online(20.0, Some(35.0)),
+            online(35.0, None),
+            EndpointHealth {
+                state: MonitorState::Degraded,
+                ..online(20.0, Some(20.0))
+            },
+            EndpointHealth {
+                short_ttl: true,
+                ..online(20.0, Some(20.0))
+            },
+            EndpointHealth {
+                ramp: 0.5,
+                ..online(20.0, Some(20.0))
+            },
+            EndpointHealth {
+                load: Some(0.7),
+                ..online(20.0, Some(20.0))
+            },
+            EndpointHealth {
+                forced: vec![(
+                    ForceOrigin::Drill,
+                    Arc::new(Force {
+                        action: ForceAction::Down,
+                        scope: vec![],
+                        reason: "t".into(),
+                        until: None,
+                    }),
+                )],
+                ..online(20.0, Some(20.0))
+            },
+        ];
+        for e in changed {
+            let next = published(&first, e.clone());
+            assert_ne!(next.generation(), g, "{e:?}");
+        }
+        // Without a held RTT the raw one is what ranks: a change is a new generation.
+        let mut raw = HealthSnapshot::default();
+        raw.set("p/a", online(20.0, None));
+        assert_ne!(
+            published(&raw, online(21.0, None)).generation(),
+            raw.generation()
+        );
+        // Another endpoint set, or new vantage data, too.
+        let mut more = published(&first, online(20.0, Some(20.0)));
+        assert_eq!(more.generation(), g);
+        more.set("p/b", online(20.0, Some(20.0)));
+        more.keep_generation_of(&first);
+        assert_ne!(more.generation(), g);
+        let mut v = published(&first, online(20.0, Some(20.0)));
+        v.vantages = Arc::new(votes::Vantages {
+            points: vec![("x".into(), crate::geo::GeoPoint { lat: 1.0, lon: 2.0 })],
+            ..Default::default()
+        });
+        v.generation = next_snapshot_generation();
+        v.keep_generation_of(&first);
+        assert_ne!(v.generation(), g);
     }
 }

@@ -93,7 +93,7 @@ pub struct Vote {
 /// The fleet's measured RTT matrix: where the instances are (their vantage points) and what
 /// each one's probes measure to each endpoint. The performance method estimates a client's
 /// RTT to an endpoint through the vantage points (see `routing::method::performance`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Vantages {
     /// Instance names and locations; the index is what [`Self::rtt`] refers to.
     pub points: Vec<(String, GeoPoint)>,

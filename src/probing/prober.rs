@@ -640,6 +640,7 @@ impl Publisher {
         }
         self.note_fail_open(&snap, &mut status);
         snap.status = Arc::new(status);
+        snap.keep_generation_of(&self.health.load());
         self.health.store(Arc::new(snap));
     }
 
