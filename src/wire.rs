@@ -180,6 +180,18 @@ impl ClientSubnet {
     fn addr_len(&self) -> usize {
         usize::from(self.source_prefix).div_ceil(8)
     }
+
+    /// The address as carried on the wire: its first [`Self::addr_len`] bytes (the rest of
+    /// the array is zero).
+    pub fn addr_bytes(&self) -> ([u8; 16], usize) {
+        let n = self.addr_len();
+        let mut b = [0u8; 16];
+        match self.addr {
+            IpAddr::V4(a) => b[..n].copy_from_slice(&a.octets()[..n]),
+            IpAddr::V6(a) => b[..n].copy_from_slice(&a.octets()[..n]),
+        }
+        (b, n)
+    }
 }
 
 /// The OPT record of a query.
@@ -788,17 +800,14 @@ fn encode_into(
         b[7] = u8::from(o.dnssec_ok) << 7;
         let len = match &o.ecs {
             Some((ecs, scope)) => {
-                let alen = ecs.addr_len();
+                let (addr, alen) = ecs.addr_bytes();
                 b[9..11].copy_from_slice(&((8 + alen) as u16).to_be_bytes());
                 b[11..13].copy_from_slice(&OPT_ECS.to_be_bytes());
                 b[13..15].copy_from_slice(&((4 + alen) as u16).to_be_bytes());
                 b[15..17].copy_from_slice(&ecs.family.to_be_bytes());
                 b[17] = ecs.source_prefix;
                 b[18] = *scope;
-                match ecs.addr {
-                    IpAddr::V4(a) => b[19..19 + alen].copy_from_slice(&a.octets()[..alen]),
-                    IpAddr::V6(a) => b[19..19 + alen].copy_from_slice(&a.octets()[..alen]),
-                }
+                b[19..19 + alen].copy_from_slice(&addr[..alen]);
                 19 + alen
             }
             None => 11,

@@ -451,15 +451,7 @@ impl Handler {
             resolver: None,
         };
         if cached {
-            let mut ecs_bytes = [0u8; 16];
-            let ecs_len = ecs.map_or(0, |e| {
-                let n = usize::from(e.source_prefix).div_ceil(8);
-                match e.addr {
-                    std::net::IpAddr::V4(a) => ecs_bytes[..n].copy_from_slice(&a.octets()[..n]),
-                    std::net::IpAddr::V6(a) => ecs_bytes[..n].copy_from_slice(&a.octets()[..n]),
-                }
-                n
-            });
+            let (ecs_bytes, ecs_len) = ecs.map_or(([0; 16], 0), |e| e.addr_bytes());
             let patch = routed_cache::Patch {
                 id: q.id,
                 rd: q.rd,
@@ -480,14 +472,7 @@ impl Handler {
                 routed_cache::lookup(generations, &key, &patch, out)
             };
             if let Some(hit) = hit {
-                if hit.failed_open {
-                    prof.fail_open.inc();
-                }
-                for &(p, e) in &hit.picked {
-                    state.routing.profiles[p as usize].endpoints[e as usize]
-                        .answers
-                        .inc();
-                }
+                count_routed(state, profile, hit.failed_open, &hit.picked);
                 if ecs.is_some() {
                     *ecs_scope = hit.ecs_scope;
                 }
@@ -499,12 +484,7 @@ impl Handler {
         let sel = state
             .routing
             .select(profile, family, &client, &health, None);
-        if sel.failed_open {
-            prof.fail_open.inc();
-        }
-        for e in &sel.picked {
-            e.answers.inc();
-        }
+        count_routed(state, profile, sel.failed_open, &sel.picked);
         let opt = q
             .edns
             .map(|o| self.opt(o.dnssec_ok, ecs.map(|e| (e, sel.scope))));
@@ -539,7 +519,7 @@ impl Handler {
                 routed_cache::Hit {
                     ecs_scope: sel.scope,
                     failed_open: sel.failed_open,
-                    picked: sel.picked_at.clone(),
+                    picked: sel.picked.clone(),
                 },
             );
         }
@@ -724,6 +704,19 @@ fn elapsed_ns(started: std::time::Instant) -> u64 {
 /// name — also when synthesized from a wildcard, so the client's spelling (0x20) comes back
 /// byte for byte and two names matching one wildcard never share an owner — and later links
 /// by their own names, or by the CNAME target they were synthesized for.
+/// Counts a routed answer at profile `p`, fresh or copied from the routed-answer cache: a
+/// fail-open decision, and an answer for each endpoint picked (as (profile, endpoint) indices).
+fn count_routed(state: &State, p: usize, failed_open: bool, picked: &[(u32, u32)]) {
+    if failed_open {
+        state.routing.profiles[p].fail_open.inc();
+    }
+    for &(p, e) in picked {
+        state.routing.profiles[p as usize].endpoints[e as usize]
+            .answers
+            .inc();
+    }
+}
+
 fn chain_rr<'a>(i: usize, link: &crate::zone::Link<'a>, r: &'a Record) -> Rr<'a> {
     match (i, link.owner) {
         (0, _) => Rr::at_qname(r),

@@ -302,8 +302,6 @@ pub struct Selection<'t> {
     pub records: Small<&'t Record>,
     /// Endpoints chosen (their keys), outermost first.
     pub chosen: Small<&'t str>,
-    /// The chosen endpoints themselves (for per-endpoint counters).
-    pub picked: Small<&'t Endpoint>,
     /// TTL to answer with.
     pub ttl: u32,
     /// ECS scope prefix to answer with (0 when no ECS was sent).
@@ -317,8 +315,9 @@ pub struct Selection<'t> {
     pub bits: u8,
     /// A level rolled a die (non-sticky `weighted`): the next query may be answered otherwise.
     pub random: bool,
-    /// The chosen endpoints as (profile, endpoint) indices, for the cache's counters.
-    pub picked_at: Small<(u32, u32)>,
+    /// The chosen endpoints as (profile, endpoint) indices: their answer counters, bumped
+    /// again by every answer the routed-answer cache copies.
+    pub picked: Small<(u32, u32)>,
 }
 
 /// One endpoint line of an explanation.
@@ -630,8 +629,7 @@ impl RoutingTable {
         for i in picked {
             let ep = &profile.endpoints[i];
             sel.chosen.push(&ep.key);
-            sel.picked.push(ep);
-            sel.picked_at.push((p as u32, i as u32));
+            sel.picked.push((p as u32, i as u32));
             // Health-driven TTL: resolvers re-ask soon while the answer may be about to change.
             if health.get(&ep.key).short_ttl {
                 sel.ttl = sel.ttl.min(crate::health::state::SHORT_TTL);
