@@ -12,7 +12,9 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
-use super::drill::{self, DrillRecord, DrillRequest, DrillStatus, SampleResult};
+use super::drill::{
+    self, DrillRecord, DrillRequest, DrillStatus, SampleResult, VERIFY_EVERY, VERIFY_WITHIN,
+};
 use super::store::Persisted;
 use crate::base::Clock;
 use crate::config::Config;
@@ -24,10 +26,6 @@ use crate::metrics::Metrics;
 use crate::probing::prober::Prober;
 use crate::state::State;
 
-/// How long a drill waits for answers to move (or come back) before reporting failure.
-const VERIFY_WITHIN: Duration = Duration::from_secs(15);
-/// Poll interval while verifying.
-const VERIFY_EVERY: Duration = Duration::from_millis(20);
 /// Loads abandoned at their deadline that are still running (each holds one OS thread, blocked
 /// in some read). Beyond this many, reloads are refused at once instead of leaking more.
 const MAX_ABANDONED_LOADS: usize = 4;

@@ -14,6 +14,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::dns::{Handler, Transport};
 
+/// How long a drill's verification waits for answers to move (or come back) before reporting
+/// failure: the same for this instance's drills and for each fleet instance's own check.
+pub const VERIFY_WITHIN: std::time::Duration = std::time::Duration::from_secs(15);
+/// Poll interval while verifying a drill.
+pub const VERIFY_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// A drill request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,17 +15,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::control::Control;
-use super::drill::{self, DrillRecord, DrillStatus, InstanceResult};
+use super::drill::{self, DrillRecord, DrillStatus, InstanceResult, VERIFY_EVERY, VERIFY_WITHIN};
 use super::fleet::{
     Fleet, InstanceInfo, OwnVote, VotesDoc, decode, ms, rtts_moved, verdicts_differ,
 };
 use crate::cluster::etcd;
 use crate::health::votes::{Vote, Votes};
 
-/// Poll interval while an instance verifies a drill through its own handler.
-const VERIFY_EVERY: Duration = Duration::from_millis(20);
-/// How long an instance waits for a drill's move, or its revert, before reporting failure.
-const VERIFY_WITHIN: Duration = Duration::from_secs(15);
 /// Shortest interval between two vote writes that only carry RTT changes (verdict changes are
 /// written at once).
 const VOTE_RTT_EVERY: Duration = Duration::from_secs(2);
@@ -473,28 +469,17 @@ impl Fleet {
         if !expected.iter().any(|e| *e) || d.dry_run {
             return;
         }
-        // The move.
-        let deadline = tokio::time::Instant::now() + VERIFY_WITHIN;
-        loop {
-            let now: Vec<String> = d
-                .samples
-                .iter()
-                .map(|s| drill::resolve(&handler, &d.profile, &s.subnet))
-                .collect();
-            let moved = d
-                .samples
-                .iter()
-                .zip(&now)
-                .all(|(s, a)| (*a != s.before) == s.expected_move);
-            let over = !self.still_running(&d.id);
-            if moved || over || tokio::time::Instant::now() >= deadline {
-                result.moved = Some(moved);
-                result.moved_ms = moved.then(|| ms(&self.clock).saturating_sub(d.started_ms));
-                result.during = now;
-                break;
-            }
-            tokio::time::sleep(VERIFY_EVERY).await;
-        }
+        // The move (given up early if the drill is over).
+        let (moved, now) = poll_samples(
+            &handler,
+            &d,
+            |s, a| (*a != s.before) == s.expected_move,
+            || !self.still_running(&d.id),
+        )
+        .await;
+        result.moved = Some(moved);
+        result.moved_ms = moved.then(|| ms(&self.clock).saturating_sub(d.started_ms));
+        result.during = now;
         self.publish_result(&d.id, &result).await;
         // Wait for the end: expiry by the clock (slept to the millisecond, so the revert is
         // timed from when it happens), or a stop seen in etcd (checked every VERIFY_EVERY).
@@ -513,23 +498,35 @@ impl Fleet {
             .and_then(|r| r.ended_ms)
             .unwrap_or(d.until_unix * 1000)
             .min(ms(&self.clock));
-        let deadline = tokio::time::Instant::now() + VERIFY_WITHIN;
-        loop {
-            let now: Vec<String> = d
-                .samples
-                .iter()
-                .map(|s| drill::resolve(&handler, &d.profile, &s.subnet))
-                .collect();
-            let back = d.samples.iter().zip(&now).all(|(s, a)| *a == s.before);
-            if back || tokio::time::Instant::now() >= deadline {
-                result.back = Some(back);
-                result.back_ms = back.then(|| ms(&self.clock).saturating_sub(ended_ms));
-                result.after = now;
-                break;
-            }
-            tokio::time::sleep(VERIFY_EVERY).await;
-        }
+        let (back, now) = poll_samples(&handler, &d, |s, a| *a == s.before, || false).await;
+        result.back = Some(back);
+        result.back_ms = back.then(|| ms(&self.clock).saturating_sub(ended_ms));
+        result.after = now;
         self.publish_result(&d.id, &result).await;
+    }
+}
+
+/// Resolves drill `d`'s samples through `handler` every [`VERIFY_EVERY`] until each answer
+/// meets `want`, `give_up` says so, or [`VERIFY_WITHIN`] has passed; returns whether all met it,
+/// with the last answers.
+async fn poll_samples(
+    handler: &crate::dns::Handler,
+    d: &DrillRecord,
+    want: impl Fn(&drill::SampleResult, &String) -> bool,
+    give_up: impl Fn() -> bool,
+) -> (bool, Vec<String>) {
+    let deadline = tokio::time::Instant::now() + VERIFY_WITHIN;
+    loop {
+        let now: Vec<String> = d
+            .samples
+            .iter()
+            .map(|s| drill::resolve(handler, &d.profile, &s.subnet))
+            .collect();
+        let met = d.samples.iter().zip(&now).all(|(s, a)| want(s, a));
+        if met || give_up() || tokio::time::Instant::now() >= deadline {
+            return (met, now);
+        }
+        tokio::time::sleep(VERIFY_EVERY).await;
     }
 }
 
