@@ -963,6 +963,19 @@ struct ForceRequest {
     scope: Vec<IpNet>,
 }
 
+/// A state-changing call's JSON body, read only once the caller is authenticated; else the
+/// response to send (401, or 400 for a body that does not parse).
+fn authorized_body<T: serde::de::DeserializeOwned>(
+    control: &Control,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, Box<Response>> {
+    if let Some(resp) = unauthorized(control, headers) {
+        return Err(Box::new(resp));
+    }
+    parse_body(body)
+}
+
 /// Parses a JSON body *after* authentication, so unauthenticated callers learn nothing.
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
     serde_json::from_slice(body).map_err(|e| {
@@ -978,10 +991,7 @@ async fn force(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(resp) = unauthorized(&c, &headers) {
-        return resp;
-    }
-    let r: ForceRequest = match parse_body(&body) {
+    let r: ForceRequest = match authorized_body(&c, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return *resp,
     };
@@ -1078,10 +1088,7 @@ async fn demo(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(resp) = unauthorized(&c, &headers) {
-        return resp;
-    }
-    let req: DemoRequest = match parse_body(&body) {
+    let req: DemoRequest = match authorized_body(&c, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return *resp,
     };
@@ -1112,10 +1119,7 @@ async fn start_drill(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(resp) = unauthorized(&c, &headers) {
-        return resp;
-    }
-    let req: DrillRequest = match parse_body(&body) {
+    let req: DrillRequest = match authorized_body(&c, &headers, &body) {
         Ok(r) => r,
         Err(resp) => return *resp,
     };
