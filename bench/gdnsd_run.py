@@ -23,13 +23,16 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+
+sys.dont_write_bytecode = True  # no __pycache__ in bench/ from the imports below
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import failover as fo  # noqa: E402  (health listeners on one port of 127.0.0.11-13)
+import fleet_run as fr  # noqa: E402  (free loopback ports)
 
 REPO = os.environ.get("REPO") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEOIP = os.environ.get("GEOIP", "")
@@ -41,9 +44,9 @@ CLIENT_CPU = os.environ.get("CLIENT_CPU", "1")
 FIXED_QPS = int(os.environ.get("FIXED_QPS", "20000"))
 NAME = "mqtt.bench.test"
 REGIONS = [  # name, catalogue region, target, lat, lon (geo/regions.toml)
-    ("westeurope", "azure:westeurope", "127.0.0.11", 52.37, 4.90),
-    ("eastus", "azure:eastus", "127.0.0.12", 37.37, -79.82),
-    ("southeastasia", "azure:southeastasia", "127.0.0.13", 1.29, 103.85),
+    ("westeurope", "azure:westeurope", fo.EU, 52.37, 4.90),
+    ("eastus", "azure:eastus", fo.US, 37.37, -79.82),
+    ("southeastasia", "azure:southeastasia", fo.ASIA, 1.29, 103.85),
 ]
 PROCS = []
 
@@ -54,43 +57,14 @@ def log(msg):
 
 def free_port():
     """A loopback port free for UDP and TCP (as bench/dns.sh picks them)."""
-    for _ in range(200):
-        t = socket.socket()
-        t.bind(("127.0.0.1", 0))
-        port = t.getsockname()[1]
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            u.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            t.close()
-            u.close()
-        return port
-    sys.exit("no free port")
+    return fr.free_ports(1)[0]
 
 
-def health_listeners(port):
-    """The three regions' 'load balancers': accept and close, on 127.0.0.11-13:port."""
-    socks = []
-    for _, _, addr, _, _ in REGIONS:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((addr, port))
-        s.listen(64)
-        socks.append(s)
-
-    def serve(s):
-        while True:
-            try:
-                c, _ = s.accept()
-                c.close()
-            except OSError:
-                return
-
-    for s in socks:
-        threading.Thread(target=serve, args=(s,), daemon=True).start()
-    return socks
+def health_listeners():
+    """The three regions' 'load balancers' on one port free on all three addresses: each
+    accepts and closes (failover.Healthy)."""
+    port, socks = fo.shared_port()
+    return port, [fo.Healthy(ip, port, sock) for ip, sock in zip((fo.EU, fo.US, fo.ASIA), socks)]
 
 
 def start(cmd, log_path):
@@ -263,8 +237,8 @@ def dnsperf(port, pid, file, binary, qps=None):
 
 def one_run(server, tmp, files):
     d = tempfile.mkdtemp(prefix=f"{server}-", dir=tmp)
-    port, hport = free_port(), free_port()
-    socks = health_listeners(hport)
+    port = free_port()
+    hport, listeners = health_listeners()
     log_path = os.path.join(d, "server.log")
     if server == "geosteer":
         cfg = geosteer_config(d, port, free_port(), hport)
@@ -292,8 +266,8 @@ def one_run(server, tmp, files):
         return row
     finally:
         stop(p)
-        for s in socks:
-            s.close()
+        for h in listeners:
+            h.close()
 
 
 def main():
